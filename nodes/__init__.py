@@ -1,0 +1,11 @@
+"""Attend-and-Excite for ComfyUI: thin V3 nodes over nodes.core (maths) and nodes.glue (ComfyUI)."""
+from comfy_api.latest import ComfyExtension, io
+
+from .ksampler import AttendExciteKSampler
+from .sampler import AttendExciteSampler
+from .text_encode import AttendExciteTextEncode
+
+
+class AttendExciteExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [AttendExciteTextEncode, AttendExciteKSampler, AttendExciteSampler]

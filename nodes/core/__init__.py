@@ -1,0 +1,1 @@
+"""Attend-and-Excite maths in plain torch: nothing here imports ComfyUI."""

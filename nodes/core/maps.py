@@ -1,0 +1,66 @@
+"""From recorded cross-attention to one score per subject (Chefer et al., 2023, sec. 3).
+
+The averaged attention of the guidance pass is sliced to the prompt's real tokens,
+sharpened by a x100 softmax over tokens, smoothed by a small Gaussian, and each
+subject is scored by its spatial peak (the strongest of its token pieces).
+"""
+import torch
+import torch.nn.functional as F
+
+SHARPENING = 100.0
+
+
+def gaussian_kernel(kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
+    """The reference's 2-D kernel. It uses exp(-((x - mu) / (2 sigma))^2), not the
+    textbook exp(-(x - mu)^2 / (2 sigma^2)); copied so the numbers match it exactly."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"smoothing kernel size must be odd and positive, got {kernel_size}")
+    if sigma <= 0:
+        raise ValueError(f"smoothing sigma must be positive, got {sigma}")
+    x = torch.arange(kernel_size, dtype=torch.float64)
+    one_d = torch.exp(-(((x - (kernel_size - 1) / 2) / (2 * sigma)) ** 2))
+    kernel = one_d[:, None] * one_d[None, :]
+    return (kernel / kernel.sum()).float()
+
+
+def kept_columns(token_count: int, chunk_length: int, end_columns: list[int], drop_from_end: bool) -> torch.Tensor:
+    """Columns of the context that take part in the token softmax.
+
+    Every chunk loses its start token. SD1.x (drop_from_end False) also loses only
+    the chunk's last slot, as the reference's [1:-1]; models that pad with another
+    token than the end token (SD2.x, SDXL) lose the end token and everything after it.
+    """
+    kept = []
+    for chunk, start in enumerate(range(0, token_count, chunk_length)):
+        stop = start + chunk_length - 1
+        if drop_from_end and chunk < len(end_columns):
+            stop = end_columns[chunk]
+        kept.extend(range(start + 1, min(stop, token_count)))
+    return torch.tensor(kept, dtype=torch.long)
+
+
+def subject_peaks(attention: torch.Tensor, subjects: list[list[int]], kept: torch.Tensor,
+                  kernel: torch.Tensor) -> torch.Tensor:
+    """Smoothed peak attention per subject.
+
+    attention: (B, h, w, T) cross-attention averaged over layers and heads.
+    subjects: context columns of each subject (several for a multi-piece word).
+    Returns (B, S): for each subject, its strongest piece's spatial maximum.
+    """
+    batch, height, width, _ = attention.shape
+    position = torch.full((attention.shape[-1],), -1, dtype=torch.long)
+    position[kept] = torch.arange(len(kept))
+    columns = [c for s in subjects for c in s]
+    if any(position[c] < 0 for c in columns):
+        raise ValueError("a subject column is not among the scored prompt tokens")
+    sharpened = torch.softmax(attention[..., kept] * SHARPENING, dim=-1)
+    picked = sharpened[..., position[columns].to(attention.device)]           # (B, h, w, C)
+    maps = picked.permute(0, 3, 1, 2).reshape(-1, 1, height, width)
+    pad = kernel.shape[-1] // 2
+    smoothed = F.conv2d(F.pad(maps, (pad,) * 4, mode="reflect"), kernel.to(maps)[None, None])
+    peaks = smoothed.amax(dim=(-1, -2)).reshape(batch, len(columns))
+    per_subject, start = [], 0
+    for s in subjects:
+        per_subject.append(peaks[:, start:start + len(s)].amax(dim=-1))
+        start += len(s)
+    return torch.stack(per_subject, dim=-1)

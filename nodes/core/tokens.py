@@ -1,0 +1,154 @@
+"""Which context columns belong to which subject.
+
+Works on the tokenizer's output laid out as context columns (several 77-token
+chunks for long prompts, each with its own start and end token). A subject is
+given as words ("cat, frog"), as column positions ("2,5"), or found
+automatically (the head noun of each noun phrase).
+"""
+import re
+from dataclasses import dataclass
+
+START, END, PAD, PIECE, EMBEDDING = "start", "end", "pad", "piece", "embedding"
+
+
+@dataclass(frozen=True)
+class Token:
+    column: int
+    kind: str
+    text: str = ""            # the BPE piece, without its end-of-word mark
+    word_end: bool = True     # the piece closes a word
+
+
+@dataclass(frozen=True)
+class Subject:
+    label: str
+    columns: tuple[int, ...]
+
+
+class SubjectError(ValueError):
+    pass
+
+
+def words(tokens: list[Token]) -> list[Subject]:
+    """Group the pieces into words; an embedding is one word of its own."""
+    out, text, columns = [], "", []
+    for token in tokens:
+        if token.kind == EMBEDDING:
+            out.append(Subject("<embedding>", (token.column,)))
+        if token.kind != PIECE:
+            continue
+        text += token.text
+        columns.append(token.column)
+        if token.word_end:
+            out.append(Subject(text, tuple(columns)))
+            text, columns = "", []
+    if columns:
+        out.append(Subject(text, tuple(columns)))
+    return out
+
+
+def describe(tokens: list[Token]) -> str:
+    """'1:a 2:cat 3:and ...', the prompt's tokens with their positions."""
+    shown = [f"{t.column}:{t.text if t.kind == PIECE else '<' + t.kind + '>'}"
+             for t in tokens if t.kind in (PIECE, EMBEDDING)]
+    return " ".join(shown) or "(no tokens)"
+
+
+def _normalise(word: str) -> str:
+    return re.sub(r"[^\w]", "", word.lower())
+
+
+# Words that join or introduce noun phrases, and words that are never the subject
+# itself. Small on purpose: the head noun is the last other word of a phrase.
+CONNECTORS = {"and", "with", "or", "of", "on", "in", "at", "by", "under", "over", "beside", "behind",
+              "near", "next", "to", "holding", "wearing", "riding", "inside", "above", "below", "from",
+              "between", "into", "onto", "for", "while", "has", "having", "is", "are", "sitting",
+              "standing", "against", "through", "along", "around", "like", "without"}
+NON_SUBJECTS = {"a", "an", "the", "this", "that", "these", "those", "some", "two", "three", "one", "its",
+                "his", "her", "their", "photo", "picture", "image", "painting", "drawing", "illustration",
+                "render", "rendering", "sketch", "close", "up", "closeup", "portrait", "style", "view",
+                "shot", "highly", "detailed", "very", "realistic", "photorealistic", "4k", "8k", "hd"}
+
+
+def automatic_subjects(tokens: list[Token]) -> list[Subject]:
+    """The last content word of every phrase between connectors or punctuation."""
+    found, candidate = [], None
+    for word in words(tokens) + [Subject(",", ())]:
+        key = _normalise(word.label)
+        if key in CONNECTORS or not key or word.label.strip() in {",", ".", ";", ":", "!", "?"}:
+            if candidate is not None:
+                found.append(candidate)
+            candidate = None
+        elif key not in NON_SUBJECTS and word.label != "<embedding>" and not key.isdigit():
+            candidate = word
+    return found
+
+
+def _by_position(text: str, tokens: list[Token]) -> Subject:
+    column = int(text)
+    by_column = {t.column: t for t in tokens}
+    token = by_column.get(column)
+    if token is None or token.kind not in (PIECE, EMBEDDING):
+        what = "out of range" if token is None else f"the {token.kind} token"
+        raise SubjectError(f"subject position {column} is {what}. Pick a position among the prompt's "
+                           f"tokens: {describe(tokens)}")
+    return Subject(token.text or f"<{token.kind}>", (column,))
+
+
+def _by_words(phrase: str, tokens: list[Token]) -> Subject:
+    wanted = [_normalise(w) for w in phrase.split()]
+    all_words = words(tokens)
+    keys = [_normalise(w.label) for w in all_words]
+    columns = []
+    for start in range(len(all_words) - len(wanted) + 1):
+        if keys[start:start + len(wanted)] == wanted:
+            columns.extend(c for w in all_words[start:start + len(wanted)] for c in w.columns)
+    if not columns:
+        raise SubjectError(f"subject {phrase!r} is not a word of the prompt. The prompt's tokens are: "
+                           f"{describe(tokens)}")
+    return Subject(phrase, tuple(columns))
+
+
+def resolve_subjects(spec: str, tokens: list[Token]) -> list[Subject]:
+    """Subjects from 'cat, frog' (every occurrence of each word counts, scored by its
+    strongest piece), from positions '2,5', or automatically from an empty spec."""
+    items = [item.strip() for item in re.split(r"[,;\n]", spec) if item.strip()]
+    if not items:
+        subjects = automatic_subjects(tokens)
+        if not subjects:
+            raise SubjectError(f"no subject found automatically; name them in 'subjects'. The prompt's "
+                               f"tokens are: {describe(tokens)}")
+    else:
+        subjects = [_by_position(i, tokens) if i.isdigit() else _by_words(i, tokens) for i in items]
+    seen = set()
+    for subject in subjects:
+        if set(subject.columns) & seen:
+            raise SubjectError(f"subject {subject.label!r} repeats tokens already chosen by another subject; "
+                               f"list each subject once")
+        seen.update(subject.columns)
+    return subjects
+
+
+def layout(chunks: list[list], vocab: dict, start_id, end_id) -> tuple[list[Token], list[int]]:
+    """Context columns of a tokenized prompt: chunks of (token, weight[, word id])
+    as ComfyUI's tokenizer returns them. A token that is not an int is an embedding
+    vector. Returns the tokens and each chunk's end-token column."""
+    tokens, end_columns, column = [], [], 0
+    for chunk in chunks:
+        ended = False
+        for index, entry in enumerate(chunk):
+            token = entry[0]
+            if not isinstance(token, int):
+                tokens.append(Token(column, EMBEDDING))
+            elif index == 0 and token == start_id:
+                tokens.append(Token(column, START))
+            elif token == end_id or ended:
+                tokens.append(Token(column, PAD if ended else END))
+                if not ended:
+                    end_columns.append(column)
+                ended = True
+            else:
+                piece = vocab.get(token, "")
+                tokens.append(Token(column, PIECE, piece.removesuffix("</w>"), piece.endswith("</w>")))
+            column += 1
+    return tokens, end_columns

@@ -1,0 +1,1 @@
+"""ComfyUI glue: patches, the guidance pass and sampler plumbing over nodes.core."""

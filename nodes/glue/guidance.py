@@ -1,0 +1,67 @@
+"""The guidance pass: a conditional-only forward through ComfyUI's own model call
+(as PAG and SAG do), with gradients, up to the last block whose maps the loss needs."""
+import contextlib
+
+import torch
+
+import comfy.samplers
+
+from ..core.losses import attend_excite_loss
+from ..core.maps import gaussian_kernel, kept_columns, subject_peaks
+from .recorder import AttentionRecorder, ForwardDone
+
+
+@contextlib.contextmanager
+def autograd_weights(module: torch.nn.Module):
+    """Makes inference-tensor weights usable by autograd until exit.
+
+    ComfyUI loads models under torch.inference_mode(), and autograd cannot save
+    inference tensors for backward. Each one is swapped for a normal copy (this
+    includes LoRA weights already patched in) and put back on exit, whatever happens.
+    """
+    swapped = []
+    try:
+        with torch.inference_mode(False):
+            for owner in module.modules():
+                for store in (owner._parameters, owner._buffers):
+                    for name, tensor in store.items():
+                        if tensor is not None and tensor.is_inference():
+                            copy = tensor.detach().clone()
+                            if isinstance(tensor, torch.nn.Parameter):
+                                copy = torch.nn.Parameter(copy, requires_grad=False)
+                            swapped.append((store, name, tensor))
+                            store[name] = copy
+        yield
+    finally:
+        for store, name, tensor in reversed(swapped):
+            store[name] = tensor
+
+
+class GuidancePass:
+    """Scores a latent: the smoothed peak attention of every subject and the loss."""
+
+    def __init__(self, base_model, positive_entry: dict, subjects: list[list[int]], token_count: int,
+                 end_columns: list[int], drop_from_end: bool, recorder: AttentionRecorder,
+                 kernel_size: int, sigma: float, chunk_length: int = 77):
+        self.base_model = base_model
+        self.conds = [[positive_entry]]
+        self.subjects = subjects
+        with torch.inference_mode(False):  # autograd saves both; inference tensors it cannot
+            self.kept = kept_columns(token_count, chunk_length, end_columns, drop_from_end)
+            self.kernel = gaussian_kernel(kernel_size, sigma)
+        self.recorder = recorder
+        self.model_options = None
+
+    def evaluate(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
+        """Under enable_grad: returns (leaf, loss (B,), peaks (B, S))."""
+        if self.model_options is None:
+            self.model_options = self.recorder.install(model_options)
+        leaf = x.detach().clone().requires_grad_(True)
+        self.recorder.reset()
+        try:
+            comfy.samplers.calc_cond_batch(self.base_model, self.conds, leaf, sigma, self.model_options)
+        except ForwardDone:
+            pass
+        peaks = subject_peaks(self.recorder.average(), self.subjects, self.kept, self.kernel)
+        self.recorder.reset()
+        return leaf, attend_excite_loss(peaks), peaks

@@ -1,0 +1,107 @@
+"""Records cross-attention probabilities in the guidance pass.
+
+Only the cross-attention blocks at the map level get a replace patch, and only on
+the copied model options of the guidance pass: every other attention call, and
+every normal sampling step, keeps ComfyUI's optimized backend.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from comfy.ldm.modules.attention import SpatialTransformer
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
+import comfy.model_patcher
+
+
+class ForwardDone(Exception):
+    """Raised after the last recorded block: nothing later feeds the loss."""
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str          # "input" | "middle" | "output"
+    number: int
+    depth: int         # transformer blocks inside its SpatialTransformer
+    level: int         # how many times the latent was halved before it
+
+
+def cross_attention_blocks(diffusion_model) -> list[Block]:
+    """Every UNet block with cross-attention, in execution order, with its level
+    read from the structure (Downsample / Upsample modules), not from block numbers."""
+    def transformer(module):
+        return next((m for m in module.modules() if isinstance(m, SpatialTransformer)), None)
+
+    blocks, level = [], 0
+    for number, module in enumerate(diffusion_model.input_blocks):
+        level += sum(isinstance(m, Downsample) for m in module.children())
+        if (t := transformer(module)) is not None:
+            blocks.append(Block("input", number, len(t.transformer_blocks), level))
+    if diffusion_model.middle_block is not None and (t := transformer(diffusion_model.middle_block)) is not None:
+        blocks.append(Block("middle", 0, len(t.transformer_blocks), level))
+    for number, module in enumerate(diffusion_model.output_blocks):
+        if (t := transformer(module)) is not None:
+            blocks.append(Block("output", number, len(t.transformer_blocks), level))
+        level -= sum(isinstance(m, Upsample) for m in module.children())
+    return blocks
+
+
+def blocks_at_level(diffusion_model, level: int) -> list[Block]:
+    found = [b for b in cross_attention_blocks(diffusion_model) if b.level == level]
+    if not found:
+        raise ValueError(f"this model has no cross-attention at the latent/{2 ** level} level")
+    return found
+
+
+class AttentionRecorder:
+    """Sums softmax(q k^T / sqrt(d)) over heads and blocks, in fp32."""
+
+    def __init__(self, blocks: list[Block]):
+        self.blocks = blocks
+        self.last = (blocks[-1].name, blocks[-1].number, blocks[-1].depth - 1)
+        self.reset()
+
+    def reset(self):
+        self.total = None
+        self.maps = 0
+        self.shape = None
+
+    def average(self) -> torch.Tensor:
+        """(B, h, w, T) mean over every recorded head and layer."""
+        if self.total is None:
+            raise RuntimeError("the guidance pass recorded no cross-attention (is the positive "
+                               "conditioning active at this step?)")
+        b, n, t = self.total.shape
+        return (self.total / self.maps).view(b, *self.shape, t)
+
+    def install(self, model_options: dict) -> dict:
+        """A copy of model_options whose recorded blocks compute attention here,
+        wrapping any attn2 replace patch that is already there (IPAdapter-style)."""
+        model_options = {**model_options, "transformer_options": model_options.get("transformer_options", {})}
+        existing = model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+        for block in self.blocks:
+            for index in range(block.depth):
+                key = (block.name, block.number, index)
+                previous = existing.get(key, existing.get(key[:2]))
+                model_options = comfy.model_patcher.set_model_options_patch_replace(
+                    model_options, self._patch(previous, key == self.last), "attn2", *key)
+        return model_options
+
+    def _patch(self, previous, is_last):
+        def record(q, k, v, extra_options):
+            heads = extra_options["n_heads"]
+            b, n, inner = q.shape
+            dim = inner // heads
+            qh = q.view(b, n, heads, dim).transpose(1, 2)
+            kh = k.view(b, -1, heads, dim).transpose(1, 2)
+            probs = torch.softmax(qh.float() @ kh.float().transpose(-1, -2) * dim ** -0.5, dim=-1)
+            summed = probs.sum(dim=1)
+            self.total = summed if self.total is None else self.total + summed
+            self.maps += heads
+            self.shape = tuple(extra_options["activations_shape"][-2:])
+            if is_last:
+                raise ForwardDone
+            if previous is not None:
+                return previous(q, k, v, extra_options)
+            vh = v.view(b, -1, heads, dim).transpose(1, 2)
+            return (probs.to(v.dtype) @ vh).transpose(1, 2).reshape(b, n, inner)
+        return record

@@ -1,0 +1,177 @@
+"""The Attend-and-Excite SAMPLER: any ComfyUI sampler, with the latent moved in
+place right before each guided step's denoiser evaluation.
+
+The base sampler runs once over all sigmas, so its own state stays intact
+(multistep history, ancestral and SDE noise); a thin wrapper around the model it
+calls finds each guided step's state evaluation and moves that tensor first.
+"""
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.model_management
+import comfy.samplers
+
+from ..core.excite import StepLog, excite
+from ..core.schedule import Schedule, build_schedule
+from .family import detect_family
+from .guidance import GuidancePass, autograd_weights
+from .recorder import AttentionRecorder, blocks_at_level
+
+from .text import SUBJECTS_KEY
+
+# Evaluations that some samplers make at a later step's own sigma before that step
+# starts (Heun's predictor): step j's state is evaluated after min(j, n) of them.
+PREDICTOR_CALLS = {"heun": 1, "heunpp2": 2}
+# Samplers that choose their own evaluation sigmas: step j is guided at the first
+# evaluation at or below its sigma.
+OWN_GRID = {"dpm_fast", "dpm_adaptive"}
+# UniPC evaluates a rescaled copy of its state: the move reaches that evaluation,
+# not the solver's corrector.
+RESCALED_STATE = {"uni_pc", "uni_pc_bh2"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    steps_to_alter: int = 25
+    thresholds: dict = field(default_factory=lambda: {0: 0.05, 10: 0.5, 20: 0.8})
+    max_refinement: int = 20
+    scale_factor: float = 20.0
+    scale_range: tuple = (1.0, 0.5)
+    kernel_size: int = 3
+    smoothing_sigma: float = 0.5
+    schedule_steps: int = 50
+    token_indices: tuple = ()          # overrides the conditioning's subjects
+
+
+def _subjects_of(positive: list[dict], settings: Settings):
+    for entry in positive:
+        info = entry.get(SUBJECTS_KEY)
+        if info is not None or settings.token_indices:
+            return entry, info or {}
+    raise ValueError("the positive conditioning carries no Attend-and-Excite subjects: encode the prompt with "
+                     "'CLIP Text Encode (Attend-and-Excite)', or give token_indices on the sampler")
+
+
+class GuidedRun:
+    """One sampling call: decides which model calls are guided and guides them."""
+
+    def __init__(self, model_k, sigmas: torch.Tensor, settings: Settings, sampler_name: str,
+                 logs: list[StepLog]):
+        guider = model_k.inner_model
+        base_model = guider.inner_model
+        family = detect_family(base_model)
+        entry, info = _subjects_of(guider.conds.get("positive", []), settings)
+        token_count = entry["model_conds"]["c_crossattn"].cond.shape[1]
+        subjects = [list(c) for c in (settings.token_indices or info["subjects"])]
+        for column in (c for s in subjects for c in s):
+            if not 0 < column < token_count:
+                raise ValueError(f"token index {column} is outside the conditioning's {token_count} tokens")
+        self.labels = info.get("labels") if not settings.token_indices else [str(s) for s in subjects]
+        self.schedule: Schedule = build_schedule(
+            len(sigmas) - 1, settings.steps_to_alter, settings.thresholds, settings.scale_factor,
+            settings.scale_range, settings.max_refinement, settings.schedule_steps)
+        self.pending = [j for j in range(self.schedule.steps) if self.schedule.is_guided(j)]
+        recorder = AttentionRecorder(blocks_at_level(base_model.diffusion_model, family.map_level))
+        self.guidance = GuidancePass(base_model, entry, subjects, token_count, info.get("end_columns", []),
+                                     family.drop_from_end, recorder, settings.kernel_size,
+                                     settings.smoothing_sigma)
+        self.sigmas = sigmas.tolist()
+        self.sampler_name = sampler_name
+        self.calls_at_pending = 0
+        self.moved = {}
+        self.logs = logs
+        self.weights = contextlib.ExitStack()
+        self.diffusion_model = base_model.diffusion_model
+
+    def model(self, model_k):
+        run = self
+
+        class GuidedModel:
+            def __getattr__(self, name):
+                return getattr(model_k, name)
+
+            def __call__(self, x, sigma, **kwargs):
+                if run.pending and run._is_state_call(float(sigma.reshape(-1)[0])):
+                    run._guide(x, sigma, kwargs.get("model_options", {}))
+                return model_k(x, sigma, **kwargs)
+
+        return GuidedModel()
+
+    def callback(self, callback):
+        def checked(info):
+            step = info.get("i")
+            if step in self.moved and self.sampler_name not in OWN_GRID | RESCALED_STATE:
+                if info["x"].data_ptr() != self.moved.pop(step):
+                    logging.warning("Attend-and-Excite: sampler %s evaluated step %d on another tensor than "
+                                    "its state; the latent update may not carry", self.sampler_name, step)
+            if callback is not None:
+                callback(info)
+        return checked
+
+    def _is_state_call(self, sigma: float) -> bool:
+        step = self.pending[0]
+        target = self.sigmas[step]
+        if self.sampler_name in OWN_GRID:
+            return sigma <= target * (1 + 1e-6)
+        if not math.isclose(sigma, target, rel_tol=1e-6, abs_tol=1e-9):
+            return False
+        self.calls_at_pending += 1
+        return self.calls_at_pending > min(step, PREDICTOR_CALLS.get(self.sampler_name, 0))
+
+    def _guide(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
+        step = self.pending.pop(0)
+        self.calls_at_pending = 0
+        while self.sampler_name in OWN_GRID and self.pending and self.sigmas[self.pending[0]] >= float(sigma.reshape(-1)[0]):
+            self.pending.pop(0)
+        if not self.weights._exit_callbacks:
+            self.weights.enter_context(autograd_weights(self.diffusion_model))
+        s = self.schedule
+        step_size = s.step_sizes[step] * (1.0 + float(sigma.reshape(-1)[0]) ** 2)
+
+        def on_iteration(iteration):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            _progress_text(f"Attend-and-Excite: step {step + 1}, refinement {iteration}/{s.max_refinement}")
+
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                moved, log = excite(x, lambda z: self.guidance.evaluate(z, sigma, model_options), step, step_size,
+                                    alter=step < s.steps_to_alter, threshold=s.thresholds.get(step),
+                                    max_refinement=s.max_refinement, on_iteration=on_iteration)
+        finally:
+            if not self.pending:
+                self.close()
+        self.logs.append(log)
+        x.copy_(moved)
+        self.moved[step] = x.data_ptr()
+
+    def close(self):
+        self.weights.close()
+
+
+def _progress_text(text: str):
+    try:
+        from server import PromptServer
+        server = PromptServer.instance
+    except (ImportError, AttributeError):
+        return
+    if server.last_node_id is not None:
+        server.send_progress_text(text, server.last_node_id)
+
+
+def attend_excite_sampler(sampler_name: str, settings: Settings, logs: list[StepLog]):
+    """A KSAMPLER running `sampler_name` with Attend-and-Excite."""
+    base = comfy.samplers.sampler_object(sampler_name)
+
+    def sample(model_k, noise, sigmas, extra_args=None, callback=None, disable=None, **options):
+        run = GuidedRun(model_k, sigmas, settings, sampler_name, logs)
+        try:
+            return base.sampler_function(run.model(model_k), noise, sigmas, extra_args=extra_args,
+                                         callback=run.callback(callback), disable=disable, **options)
+        finally:
+            run.close()
+
+    return comfy.samplers.KSAMPLER(sample, base.extra_options, base.inpaint_options)

@@ -1,0 +1,74 @@
+"""The Attend-and-Excite inputs shared by both sampler nodes, and their parsing."""
+import json
+
+from comfy_api.latest import io
+
+from .core.schedule import DEFAULT_THRESHOLDS, parse_thresholds
+from .glue.sampler import Settings
+
+CATEGORY = "sampling/attend_and_excite"
+
+
+def guidance_inputs() -> list:
+    return [
+        io.Int.Input("steps_to_alter", default=25, min=0, max=10000,
+                     tooltip="Guided steps that move the latent (steps 0 .. n-1), written for schedule_steps "
+                             "steps. The paper: 25 of 50."),
+        io.String.Input("thresholds", default=DEFAULT_THRESHOLDS,
+                        tooltip="step:threshold pairs. At each listed step, refinement repeats gradient steps "
+                                "until every subject's peak attention reaches the threshold. Empty: no refinement."),
+        io.Int.Input("max_refinement", default=20, min=0, max=1000,
+                     tooltip="At most this many refinement iterations at a threshold step."),
+        io.Float.Input("scale_factor", default=20.0, min=0.0, max=1000.0, step=0.1,
+                       tooltip="Gradient step size. 0 runs the guidance pass but never moves the latent."),
+        io.Float.Input("scale_start", default=1.0, min=0.0, max=10.0, step=0.01,
+                       tooltip="The step size is scale_factor * sqrt(s), s going linearly from scale_start "
+                               "to scale_end over the steps."),
+        io.Float.Input("scale_end", default=0.5, min=0.0, max=10.0, step=0.01,
+                       tooltip="See scale_start."),
+        io.Int.Input("smoothing_kernel", default=3, min=1, max=15, step=2,
+                     tooltip="Size of the Gaussian that smooths each subject's map before its peak is taken."),
+        io.Float.Input("smoothing_sigma", default=0.5, min=0.01, max=10.0, step=0.01,
+                       tooltip="Sigma of that Gaussian, in the reference's own formula."),
+        io.Int.Input("schedule_steps", default=50, min=1, max=10000,
+                     tooltip="The step count that steps_to_alter and the threshold steps are written for; they "
+                             "are rescaled to the sampled steps (step * steps / schedule_steps, rounded). Set it "
+                             "to your step count to use them as they are."),
+        io.String.Input("token_indices", default="", optional=True,
+                        tooltip="Optional override of the conditioning's subjects, as context positions: '2,5', "
+                                "or '2+3,5' for a subject made of two pieces. Empty: the subjects that "
+                                "'CLIP Text Encode (Attend-and-Excite)' attached."),
+    ]
+
+
+def parse_token_indices(text: str) -> tuple:
+    """'2+3, 5' -> ((2, 3), (5,))."""
+    subjects = []
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        pieces = [p.strip() for p in item.split("+")]
+        if not all(p.isdigit() for p in pieces):
+            raise ValueError(f"token_indices: cannot read {item!r}; write positions such as '2,5' or '2+3,5'")
+        subjects.append(tuple(int(p) for p in pieces))
+    return tuple(subjects)
+
+
+def validate_guidance(thresholds: str, token_indices: str) -> bool | str:
+    try:
+        parse_thresholds(thresholds)
+        parse_token_indices(token_indices)
+    except ValueError as error:
+        return str(error)
+    return True
+
+
+def settings_from(steps_to_alter, thresholds, max_refinement, scale_factor, scale_start, scale_end,
+                  smoothing_kernel, smoothing_sigma, schedule_steps, token_indices="") -> Settings:
+    return Settings(steps_to_alter=steps_to_alter, thresholds=parse_thresholds(thresholds),
+                    max_refinement=max_refinement, scale_factor=scale_factor,
+                    scale_range=(scale_start, scale_end), kernel_size=smoothing_kernel,
+                    smoothing_sigma=smoothing_sigma, schedule_steps=schedule_steps,
+                    token_indices=parse_token_indices(token_indices))
+
+
+def log_json(labels, logs) -> str:
+    return json.dumps({"subjects": labels, "steps": [vars(log) for log in logs]})

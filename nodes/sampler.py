@@ -1,0 +1,31 @@
+import comfy.samplers
+from comfy_api.latest import io
+
+from .glue.sampler import attend_excite_sampler
+from .parameters import CATEGORY, guidance_inputs, settings_from, validate_guidance
+
+
+class AttendExciteSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AttendExciteSampler",
+            display_name="Attend-and-Excite Sampler",
+            category=CATEGORY,
+            description="A SAMPLER for SamplerCustom / SamplerCustomAdvanced: the chosen sampler with "
+                        "Attend-and-Excite guidance on the early steps.",
+            inputs=[
+                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES,
+                               tooltip="The base sampling algorithm."),
+                *guidance_inputs(),
+            ],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, thresholds, token_indices=""):
+        return validate_guidance(thresholds, token_indices)
+
+    @classmethod
+    def execute(cls, sampler_name, **guidance) -> io.NodeOutput:
+        return io.NodeOutput(attend_excite_sampler(sampler_name, settings_from(**guidance), logs=[]))

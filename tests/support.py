@@ -1,0 +1,98 @@
+"""Real ComfyUI in-process for the tests, and small random-weight models built from
+ComfyUI's own classes (nothing is downloaded; nothing generated is committed)."""
+import os
+import sys
+import tempfile
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE_NAME = "attend_and_excite"
+
+
+def comfy_dir() -> str:
+    path = os.environ.get("COMFYUI_DIR")
+    if not path or not os.path.isfile(os.path.join(path, "comfy", "samplers.py")):
+        raise RuntimeError("COMFYUI_DIR does not point at a ComfyUI tree; run the tests through "
+                           "tests/harness/comfy_env.sh (see the README)")
+    return path
+
+
+def import_comfy():
+    """ComfyUI on sys.path, on the CPU; `utils` and `server` before `nodes`, as main.py does."""
+    path = comfy_dir()
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    from comfy.cli_args import args
+    args.cpu = True
+    import utils.extra_config  # noqa: F401  (must precede `nodes`, which shadows `utils`)
+    import comfy.model_management  # noqa: F401
+    import nodes  # noqa: F401
+
+
+def import_package():
+    """This repository imported as a package, the way ComfyUI loads a custom node folder
+    (its `nodes` subpackage must not shadow ComfyUI's top-level `nodes` module)."""
+    if PACKAGE_NAME not in sys.modules:
+        parent = tempfile.mkdtemp(prefix="ae-pkg-")
+        os.symlink(REPO, os.path.join(parent, PACKAGE_NAME))
+        sys.path.append(parent)
+    return __import__(PACKAGE_NAME)
+
+
+def initialise(module: torch.nn.Module, seed: int, noise: float = 0.02):
+    """comfy.ops layers start uninitialised: give every weight a seeded value, with no
+    exact zeros (zero-initialised projections would hide whole paths from a test)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict(keep_vars=True).items():
+            if tensor.dtype.is_floating_point:
+                fresh = torch.randn(tensor.shape, generator=generator) * noise
+                if name.endswith("weight") and tensor.dim() >= 2:
+                    fan_in = tensor[0].numel()
+                    fresh = torch.randn(tensor.shape, generator=generator) / fan_in ** 0.5
+                elif "norm" in name and name.endswith("weight"):
+                    fresh = 1.0 + fresh
+                tensor.copy_(fresh)
+
+
+TINY_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=32,
+                 num_res_blocks=[1, 1, 1], channel_mult=[1, 2, 2],
+                 transformer_depth=[1, 1, 1], transformer_depth_output=[1, 1, 1, 1, 1, 1],
+                 transformer_depth_middle=1, context_dim=64, use_spatial_transformer=True, legacy=False,
+                 use_linear_in_transformer=False, adm_in_channels=None, use_temporal_attention=False,
+                 use_temporal_resblock=False, use_checkpoint=False, num_head_channels=-1, num_heads=8,
+                 dtype=torch.float32)
+
+
+def tiny_sd15(seed: int = 0, config: dict = TINY_UNET):
+    """A ModelPatcher around a small UNet of the SD1.x family (ComfyUI's SD15 config class)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+    model = comfy.supported_models.SD15(dict(config)).get_model({})
+    initialise(model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+                 max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+                 eos_token_id=49407, bos_token_id=0, pad_token_id=1, projection_dim=64)
+
+
+def tiny_clip(seed: int = 0):
+    """A comfy.sd.CLIP with ComfyUI's real SD1 tokenizer and a small random text model."""
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+    target.params = {"textmodel_json_config": dict(TINY_TEXT)}
+    clip = comfy.sd.CLIP(target)
+    initialise(clip.cond_stage_model, seed)
+    return clip
+
+
+def random_conditioning(seed: int, context_dim: int = 64, tokens: int = 77, **extra):
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, context_dim, generator=generator), dict(extra)]]
