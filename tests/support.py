@@ -45,7 +45,7 @@ def initialise(module: torch.nn.Module, seed: int, noise: float = 0.02):
     exact zeros (zero-initialised projections would hide whole paths from a test)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, tensor in module.state_dict(keep_vars=True).items():
+        for name, tensor in module.named_parameters():
             if tensor.dtype.is_floating_point:
                 fresh = torch.randn(tensor.shape, generator=generator) * noise
                 if name.endswith("weight") and tensor.dim() >= 2:
@@ -71,7 +71,7 @@ def tiny_sd15(seed: int = 0, config: dict = TINY_UNET):
     import comfy.model_patcher
     import comfy.supported_models
     model = comfy.supported_models.SD15(dict(config)).get_model({})
-    initialise(model, seed)
+    initialise(model.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 
@@ -96,3 +96,9 @@ def tiny_clip(seed: int = 0):
 def random_conditioning(seed: int, context_dim: int = 64, tokens: int = 77, **extra):
     generator = torch.Generator().manual_seed(seed)
     return [[torch.randn(1, tokens, context_dim, generator=generator), dict(extra)]]
+
+
+# The real SD1.5 topology (block layout of ComfyUI's model_detection SD15 config) at a small width.
+SD15_TOPOLOGY = dict(TINY_UNET, model_channels=32, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4],
+                     transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                     transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])

@@ -62,6 +62,5 @@ class GuidancePass:
             comfy.samplers.calc_cond_batch(self.base_model, self.conds, leaf, sigma, self.model_options)
         except ForwardDone:
             pass
-        peaks = subject_peaks(self.recorder.average(), self.subjects, self.kept, self.kernel)
-        self.recorder.reset()
+        peaks = subject_peaks(self.recorder.take_average(), self.subjects, self.kept, self.kernel)
         return leaf, attend_excite_loss(peaks), peaks

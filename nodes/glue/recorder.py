@@ -64,14 +64,17 @@ class AttentionRecorder:
         self.total = None
         self.maps = 0
         self.shape = None
+        self.recorded = []     # (block, block_index, (h, w)) of the last pass, for inspection
 
-    def average(self) -> torch.Tensor:
-        """(B, h, w, T) mean over every recorded head and layer."""
+    def take_average(self) -> torch.Tensor:
+        """(B, h, w, T) mean over every recorded head and layer; drops the running sum."""
         if self.total is None:
             raise RuntimeError("the guidance pass recorded no cross-attention (is the positive "
                                "conditioning active at this step?)")
         b, n, t = self.total.shape
-        return (self.total / self.maps).view(b, *self.shape, t)
+        average = (self.total / self.maps).view(b, *self.shape, t)
+        self.total = None
+        return average
 
     def install(self, model_options: dict) -> dict:
         """A copy of model_options whose recorded blocks compute attention here,
@@ -98,6 +101,7 @@ class AttentionRecorder:
             self.total = summed if self.total is None else self.total + summed
             self.maps += heads
             self.shape = tuple(extra_options["activations_shape"][-2:])
+            self.recorded.append((tuple(extra_options["block"]), extra_options["block_index"], self.shape))
             if is_last:
                 raise ForwardDone
             if previous is not None:

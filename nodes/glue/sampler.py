@@ -24,14 +24,20 @@ from .recorder import AttentionRecorder, blocks_at_level
 from .text import SUBJECTS_KEY
 
 # Evaluations that some samplers make at a later step's own sigma before that step
-# starts (Heun's predictor): step j's state is evaluated after min(j, n) of them.
-PREDICTOR_CALLS = {"heun": 1, "heunpp2": 2}
+# starts: step j's state is evaluated after min(j, n) of them. Heun's predictor lands
+# on the next sigma; so does the ancestral DPM-2 midpoint at eta 1, since
+# sqrt(sigma_i * sigma_down) = sigma_(i+1) there.
+PREDICTOR_CALLS = {"heun": 1, "heunpp2": 2, "dpm_2_ancestral": 1, "dpmpp_2s_ancestral": 1,
+                   "dpmpp_2s_ancestral_cfg_pp": 1}
+SIGMA_MATCH = 1e-4
 # Samplers that choose their own evaluation sigmas: step j is guided at the first
 # evaluation at or below its sigma.
 OWN_GRID = {"dpm_fast", "dpm_adaptive"}
 # UniPC evaluates a rescaled copy of its state: the move reaches that evaluation,
 # not the solver's corrector.
 RESCALED_STATE = {"uni_pc", "uni_pc_bh2"}
+# Samplers whose progress callback reports their initial latent, not the current state.
+STALE_CALLBACK_STATE = {"ipndm", "ipndm_v", "deis"}
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ class GuidedRun:
                                      settings.smoothing_sigma)
         self.sigmas = sigmas.tolist()
         self.sampler_name = sampler_name
-        self.calls_at_pending = 0
+        self.calls_at = {}
         self.moved = {}
         self.logs = logs
         self.weights = contextlib.ExitStack()
@@ -104,7 +110,7 @@ class GuidedRun:
     def callback(self, callback):
         def checked(info):
             step = info.get("i")
-            if step in self.moved and self.sampler_name not in OWN_GRID | RESCALED_STATE:
+            if step in self.moved and self.sampler_name not in OWN_GRID | RESCALED_STATE | STALE_CALLBACK_STATE:
                 if info["x"].data_ptr() != self.moved.pop(step):
                     logging.warning("Attend-and-Excite: sampler %s evaluated step %d on another tensor than "
                                     "its state; the latent update may not carry", self.sampler_name, step)
@@ -114,17 +120,16 @@ class GuidedRun:
 
     def _is_state_call(self, sigma: float) -> bool:
         step = self.pending[0]
-        target = self.sigmas[step]
         if self.sampler_name in OWN_GRID:
-            return sigma <= target * (1 + 1e-6)
-        if not math.isclose(sigma, target, rel_tol=1e-6, abs_tol=1e-9):
-            return False
-        self.calls_at_pending += 1
-        return self.calls_at_pending > min(step, PREDICTOR_CALLS.get(self.sampler_name, 0))
+            return sigma <= self.sigmas[step] * (1 + 1e-6)
+        for upcoming in self.pending:
+            if math.isclose(sigma, self.sigmas[upcoming], rel_tol=SIGMA_MATCH):
+                self.calls_at[upcoming] = self.calls_at.get(upcoming, 0) + 1
+                return upcoming == step and self.calls_at[step] > min(step, PREDICTOR_CALLS.get(self.sampler_name, 0))
+        return False
 
     def _guide(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
         step = self.pending.pop(0)
-        self.calls_at_pending = 0
         while self.sampler_name in OWN_GRID and self.pending and self.sigmas[self.pending[0]] >= float(sigma.reshape(-1)[0]):
             self.pending.pop(0)
         if not self.weights._exit_callbacks:

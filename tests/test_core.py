@@ -1,0 +1,153 @@
+"""The pure maths: maps, smoothing, loss, schedules and the refinement loop."""
+import ast
+import math
+import pathlib
+
+import pytest
+import torch
+
+from attend_and_excite.nodes.core import excite as excite_mod
+from attend_and_excite.nodes.core.losses import attend_excite_loss
+from attend_and_excite.nodes.core.maps import gaussian_kernel, kept_columns, subject_peaks
+from attend_and_excite.nodes.core.schedule import build_schedule, parse_thresholds
+
+CORE = pathlib.Path(__file__).parent.parent / "nodes" / "core"
+
+
+def test_core_imports_nothing_of_comfyui():
+    for path in CORE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            assert not any(n.split(".")[0] in {"comfy", "comfy_api", "nodes", "server"} for n in names), path
+
+
+def test_kernel_is_the_reference_formula():
+    kernel = gaussian_kernel(3, 0.5)
+    one_d = torch.tensor([math.exp(-1.0), 1.0, math.exp(-1.0)])   # exp(-((x-1)/(2*0.5))^2)
+    one_d = one_d / one_d.sum()
+    assert torch.allclose(kernel, one_d[:, None] * one_d[None, :], atol=1e-7)
+    assert torch.allclose(one_d, torch.tensor([0.2119, 0.5761, 0.2119]), atol=1e-4)
+    assert kernel[1, 1].item() == pytest.approx(0.332, abs=1e-3)
+    with pytest.raises(ValueError):
+        gaussian_kernel(4, 0.5)
+
+
+def test_kept_columns_sd1_and_end_slicing():
+    assert kept_columns(77, 77, [6], drop_from_end=False).tolist() == list(range(1, 76))
+    assert kept_columns(77, 77, [6], drop_from_end=True).tolist() == [1, 2, 3, 4, 5]
+    two_chunks = kept_columns(154, 77, [76, 90], drop_from_end=False).tolist()
+    assert two_chunks == list(range(1, 76)) + list(range(78, 153))
+
+
+def reference_peaks(attention, indices, kernel):
+    """The reference's per-token score for one image, written out directly."""
+    a = attention[:, :, 1:-1] * 100
+    a = torch.softmax(a, dim=-1)
+    out = []
+    for i in [i - 1 for i in indices]:
+        m = torch.nn.functional.pad(a[:, :, i][None, None], (1, 1, 1, 1), mode="reflect")
+        out.append(torch.nn.functional.conv2d(m, kernel[None, None])[0, 0].max())
+    return torch.stack(out)
+
+
+def test_subject_peaks_equal_the_reference():
+    torch.manual_seed(3)
+    attention = torch.softmax(torch.randn(2, 16, 16, 77) * 3, dim=-1)
+    kernel = gaussian_kernel()
+    peaks = subject_peaks(attention, [[2], [5]], kept_columns(77, 77, [], False), kernel)
+    for row in range(2):
+        assert torch.allclose(peaks[row], reference_peaks(attention[row], [2, 5], kernel), atol=1e-6)
+
+
+def test_multi_piece_subject_scores_its_strongest_piece():
+    attention = torch.softmax(torch.randn(1, 8, 8, 77), dim=-1)
+    kept, kernel = kept_columns(77, 77, [], False), gaussian_kernel()
+    both = subject_peaks(attention, [[3, 4]], kept, kernel)
+    single = subject_peaks(attention, [[3], [4]], kept, kernel)
+    assert both[0, 0] == single[0].max()
+
+
+def test_loss_is_the_most_neglected_subject():
+    peaks = torch.tensor([[0.2, 0.9], [1.0, 1.0]])
+    assert attend_excite_loss(peaks).tolist() == pytest.approx([0.8, 0.0])
+
+
+def test_thresholds_parse_and_reject():
+    assert parse_thresholds("0:0.05, 10:0.5, 20:0.8") == {0: 0.05, 10: 0.5, 20: 0.8}
+    assert parse_thresholds("") == {}
+    for bad in ("0:1.5", "a:0.1", "0:0.1, 0:0.2", "5"):
+        with pytest.raises(ValueError):
+            parse_thresholds(bad)
+
+
+def test_schedule_paper_defaults_at_50_steps():
+    s = build_schedule(50, 25, {0: 0.05, 10: 0.5, 20: 0.8}, 20.0)
+    assert s.steps_to_alter == 25 and s.thresholds == {0: 0.05, 10: 0.5, 20: 0.8}
+    assert s.step_sizes[0] == pytest.approx(20.0)
+    assert s.step_sizes[10] == pytest.approx(18.95, abs=0.01)
+    assert s.step_sizes[24] == pytest.approx(17.38, abs=0.01)
+    assert s.last_guided == 24 and s.is_guided(24) and not s.is_guided(25)
+
+
+def test_schedule_rescales_step_indices_to_other_step_counts():
+    s = build_schedule(20, 25, {0: 0.05, 10: 0.5, 20: 0.8}, 20.0)
+    assert s.steps_to_alter == 10 and s.thresholds == {0: 0.05, 4: 0.5, 8: 0.8}
+    same = build_schedule(20, 10, {0: 0.05, 4: 0.5, 8: 0.8}, 20.0, schedule_steps=20)
+    assert same.thresholds == s.thresholds and same.steps_to_alter == 10
+    assert len(s.step_sizes) == 20 and s.step_sizes[-1] == pytest.approx(20 * math.sqrt(0.5))
+
+
+def reference_refinement(x, score, step_size, threshold, max_refinement):
+    """The reference's per-image loop: while loss > target, forward, step; then forward."""
+    target = max(0.0, 1.0 - threshold)
+    leaf = x.clone().requires_grad_(True)
+    loss = score(leaf)
+    iterations = 0
+    while loss > target:
+        iterations += 1
+        leaf = x.clone().requires_grad_(True)
+        loss = score(leaf)
+        x = (leaf - step_size * torch.autograd.grad(loss, leaf)[0]).detach()
+        if iterations >= max_refinement:
+            break
+    leaf = x.clone().requires_grad_(True)
+    loss = score(leaf)
+    return (leaf - step_size * torch.autograd.grad(loss, leaf)[0]).detach(), iterations
+
+
+def toy_score(x):
+    return 1.0 - torch.sigmoid(x.sum() - 3.0)
+
+
+def test_refinement_loop_matches_the_reference_row_by_row():
+    rows = torch.tensor([[0.1, 0.2], [1.4, 1.4], [-2.0, 0.0]])
+
+    def evaluate(x):
+        leaf = x.clone().requires_grad_(True)
+        loss = torch.stack([toy_score(r) for r in leaf])
+        return leaf, loss, (1 - loss)[:, None]
+
+    with torch.enable_grad():
+        moved, log = excite_mod.excite(rows, evaluate, step=0, step_size=2.0, alter=True, threshold=0.6,
+                                       max_refinement=5)
+        for i, row in enumerate(rows):
+            expected, iterations = reference_refinement(row, toy_score, 2.0, 0.6, 5)
+            assert torch.allclose(moved[i], expected, atol=1e-6)
+            assert log.refinement_iterations[i] == iterations
+    assert log.refinement_iterations == [5, 2, 5]   # rows stop on their own, one at the cap
+
+
+def test_no_refinement_and_no_alter_leaves_the_latent():
+    x = torch.randn(2, 3)
+
+    def evaluate(z):
+        leaf = z.clone().requires_grad_(True)
+        loss = (leaf ** 2).sum(-1)
+        return leaf, loss, loss[:, None]
+
+    with torch.enable_grad():
+        same, log = excite_mod.excite(x, evaluate, 0, 1.0, alter=False, threshold=None, max_refinement=20)
+        moved, _ = excite_mod.excite(x, evaluate, 0, 0.25, alter=True, threshold=None, max_refinement=20)
+    assert torch.equal(same, x) and len(log.losses) == 1
+    assert torch.allclose(moved, x - 0.25 * 2 * x)

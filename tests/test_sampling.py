@@ -1,0 +1,177 @@
+"""The Attend-and-Excite sampler inside real ComfyUI sampling, on small random-weight
+SD1.x models: maps, gradients, every sampler, batches, isolation, interrupts."""
+import logging
+
+import pytest
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import nodes
+import support
+from attend_and_excite.nodes.glue.guidance import GuidancePass
+from attend_and_excite.nodes.glue.recorder import AttentionRecorder, blocks_at_level, cross_attention_blocks
+from attend_and_excite.nodes.glue.sampler import Settings, attend_excite_sampler
+
+SUBJECTS = {"attend_excite": {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}}
+FORCED = Settings(steps_to_alter=3, thresholds={0: 1.0, 2: 1.0}, max_refinement=2, schedule_steps=6)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return support.tiny_sd15(seed=1)
+
+
+def conds():
+    return support.random_conditioning(1, **SUBJECTS), support.random_conditioning(2)
+
+
+def run(model, sampler_name, settings=FORCED, latent=None, steps=6, cfg=5.0, denoise=1.0, seed=7, stock=False,
+        positive=None):
+    latent = torch.zeros(1, 4, 8, 8) if latent is None else latent
+    pos, neg = conds()
+    pos = positive or pos
+    logs = []
+    with torch.inference_mode():
+        if stock:
+            out = nodes.common_ksampler(model, seed, steps, cfg, sampler_name, "normal", pos, neg,
+                                        {"samples": latent}, denoise=denoise)[0]["samples"]
+        else:
+            sigmas = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler_name,
+                                             scheduler="normal", denoise=denoise).sigmas
+            sampler = attend_excite_sampler(sampler_name, settings, logs)
+            out = comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, seed), cfg, sampler, sigmas,
+                                             pos, neg, latent, seed=seed, disable_pbar=True)
+    return out, logs
+
+
+def test_blocks_of_the_sd15_topology_at_latent_over_4():
+    model = support.tiny_sd15(config=support.SD15_TOPOLOGY)
+    found = [(b.name, b.number) for b in blocks_at_level(model.model.diffusion_model, 2)]
+    assert found == [("input", 7), ("input", 8), ("output", 3), ("output", 4), ("output", 5)]
+    middle = [b for b in cross_attention_blocks(model.model.diffusion_model) if b.name == "middle"]
+    assert middle[0].level == 3
+
+
+def test_guidance_pass_records_the_level_maps_and_has_a_gradient():
+    import comfy.conds
+    model = support.tiny_sd15(config=support.SD15_TOPOLOGY)
+    recorder = AttentionRecorder(blocks_at_level(model.model.diffusion_model, 2))
+    context = support.random_conditioning(1)[0][0]
+    entry = {"model_conds": {"c_crossattn": comfy.conds.CONDCrossAttn(context)}, "uuid": "positive"}
+    guidance = GuidancePass(model.model, entry, [[2], [5]], 77, [6], False, recorder, 3, 0.5)
+    model.model.current_patcher = model     # as sampling's preparation sets it
+    x = torch.randn(1, 4, 32, 32) * 14.6
+    with torch.enable_grad():
+        leaf, loss, peaks = guidance.evaluate(x, torch.tensor([14.6]), model.model_options)
+        (grad,) = torch.autograd.grad(loss.sum(), leaf)
+    assert recorder.recorded == [(("input", 7), 0, (8, 8)), (("input", 8), 0, (8, 8)), (("output", 3), 0, (8, 8)),
+                                 (("output", 4), 0, (8, 8)), (("output", 5), 0, (8, 8))]
+    assert peaks.shape == (1, 2) and 0 < loss.item() <= 1
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("sampler_name", comfy.samplers.KSampler.SAMPLERS)
+def test_zero_scale_equals_the_stock_ksampler(model, sampler_name):
+    off = Settings(steps_to_alter=3, thresholds={0: 1.0}, max_refinement=1, scale_factor=0.0, schedule_steps=6)
+    ours, logs = run(model, sampler_name, off)
+    stock, _ = run(model, sampler_name, stock=True)
+    assert logs, "the guidance pass did not run"
+    assert torch.equal(ours, stock)
+
+
+@pytest.mark.parametrize("sampler_name", comfy.samplers.KSampler.SAMPLERS)
+def test_every_sampler_moves_its_own_state_at_each_guided_step(model, sampler_name, caplog):
+    with caplog.at_level(logging.WARNING):
+        ours, logs = run(model, sampler_name)
+    stock, _ = run(model, sampler_name, stock=True)
+    assert not torch.allclose(ours, stock)
+    assert "another tensor than its state" not in caplog.text
+    if sampler_name not in ("dpm_fast", "dpm_adaptive"):
+        assert [log.step for log in logs] == [0, 1, 2]
+        assert [log.refinement_iterations for log in logs] == [[2], [0], [2]]
+        assert [len(log.losses) for log in logs] == [3, 1, 3]
+
+
+def test_batch_rows_are_guided_independently(model):
+    latent = torch.zeros(2, 4, 8, 8)
+    both, logs = run(model, "euler", latent=latent)
+    noise = comfy.sample.prepare_noise(latent, 7)
+    assert len(logs[0].losses[0]) == 2
+    for row in range(2):
+        pos, neg = conds()
+        with torch.inference_mode():
+            sigmas = comfy.samplers.KSampler(model, steps=6, device="cpu", sampler="euler", scheduler="normal").sigmas
+            alone = comfy.sample.sample_custom(model, noise[row:row + 1], 5.0, attend_excite_sampler("euler", FORCED, []),
+                                               sigmas, pos, neg, latent[row:row + 1], seed=7, disable_pbar=True)
+        assert torch.allclose(both[row:row + 1], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_cfg_one_and_partial_denoise(model):
+    out, logs = run(model, "euler", cfg=1.0, denoise=0.5, latent=torch.randn(1, 4, 8, 8))
+    assert torch.isfinite(out).all() and [log.step for log in logs] == [0, 1, 2]
+
+
+def snapshot(patcher):
+    return ({k: v.clone() for k, v in patcher.model.state_dict().items()}, repr(patcher.model_options),
+            {id(p) for p in patcher.model.parameters()})
+
+
+def test_the_users_model_is_left_as_it_was(model):
+    before = snapshot(model)
+    run(model, "dpmpp_2m")
+    after = snapshot(model)
+    assert before[1] == after[1] and before[2] == after[2]
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+
+
+def test_model_loaded_under_inference_mode_gets_gradients():
+    with torch.inference_mode():
+        model = support.tiny_sd15(seed=3)
+    assert all(p.is_inference() for p in model.model.parameters())
+    params = [id(p) for p in model.model.parameters()]
+    _, logs = run(model, "euler")
+    assert logs[0].losses[0] != logs[0].losses[1]          # the refinement step moved the loss
+    assert [id(p) for p in model.model.parameters()] == params
+    assert all(p.is_inference() for p in model.model.parameters())
+
+
+def test_an_existing_attn2_replace_patch_is_wrapped_not_dropped(model):
+    import comfy.ldm.modules.attention as attention
+    calls = []
+
+    def user_patch(q, k, v, extra):
+        calls.append(torch.is_grad_enabled())
+        return attention.optimized_attention(q, k, v, extra["n_heads"])
+
+    patched = model.clone()
+    patched.set_model_attn2_replace(user_patch, "output", 0)
+    run(patched, "euler")
+    assert True in calls and False in calls     # guidance pass and normal steps both used it
+
+
+def test_interrupt_stops_refinement_and_restores_weights():
+    with torch.inference_mode():
+        model = support.tiny_sd15(seed=4)
+    params = [id(p) for p in model.model.parameters()]
+    counted = []
+
+    def interrupt_in_guidance(q, k, v, extra):
+        if torch.is_grad_enabled():
+            counted.append(1)
+            if len(counted) == 2:
+                comfy.model_management.interrupt_current_processing(True)
+        import comfy.ldm.modules.attention as attention
+        return attention.optimized_attention(q, k, v, extra["n_heads"])
+
+    patched = model.clone()
+    patched.set_model_attn2_replace(interrupt_in_guidance, "input", 1)
+    many = Settings(steps_to_alter=3, thresholds={0: 1.0}, max_refinement=20, schedule_steps=6)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            run(patched, "euler", many)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert len(counted) == 2                      # stopped at the next refinement iteration
+    assert [id(p) for p in model.model.parameters()] == params
