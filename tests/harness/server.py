@@ -1,0 +1,94 @@
+"""A real ComfyUI server on loopback with this package in its custom_nodes, stopped by
+its own PID, and a small HTTP client for it."""
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACKAGE_FOLDER = "attend-and-excite"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, url: str, process: subprocess.Popen, log_path: str):
+        self.url, self.process, self.log_path = url, process, log_path
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def request(self, path: str, body=None, timeout: float = 60):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def run_prompt(self, prompt: dict, timeout: float = 600) -> dict:
+        """Queues an API-format prompt and waits for its history entry."""
+        status, answer = self.request("/prompt", {"prompt": prompt, "client_id": "attend-excite-tests"})
+        if status != 200:
+            raise RuntimeError(f"/prompt refused the workflow ({status}): {json.dumps(answer)[:2000]}")
+        prompt_id = answer["prompt_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _, history = self.request(f"/history/{prompt_id}")
+            if history and prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                return history[prompt_id]
+            if self.process.poll() is not None:
+                raise RuntimeError("the server died:\n" + self.log()[-4000:])
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+@contextlib.contextmanager
+def running_server(base_dir: str, comfy_dir: str, startup_timeout: float = 180):
+    """ComfyUI's main.py on 127.0.0.1 with --base-directory base_dir, on the CPU, with
+    API nodes off so that nothing calls outside this machine."""
+    custom_nodes = os.path.join(base_dir, "custom_nodes")
+    os.makedirs(custom_nodes, exist_ok=True)
+    link = os.path.join(custom_nodes, PACKAGE_FOLDER)
+    if not os.path.exists(link):
+        os.symlink(REPO, link)
+    port = free_port()
+    log_path = os.path.join(base_dir, "server.log")
+    command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+               "--base-directory", base_dir, "--disable-api-nodes", "--disable-auto-launch",
+               "--database-url", "sqlite:///:memory:"]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=comfy_dir, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError("ComfyUI exited while starting:\n" + server.log()[-4000:])
+            try:
+                if server.request("/system_stats", timeout=5)[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("ComfyUI did not answer in time:\n" + server.log()[-4000:])
+            time.sleep(0.5)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
