@@ -10,3 +10,14 @@ support.import_package()
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def mini_checkpoint(tmp_path_factory):
+    """A generated random-weight checkpoint that ComfyUI detects as SD15 (about 600 MB, removed after)."""
+    from harness.checkpoint import make_mini_sd15
+    base = tmp_path_factory.mktemp("comfy-base")
+    folder = base / "models" / "checkpoints"
+    folder.mkdir(parents=True)
+    make_mini_sd15(str(folder / "mini_sd15.safetensors"))
+    return base, "mini_sd15.safetensors"

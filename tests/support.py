@@ -87,8 +87,8 @@ def tiny_clip(seed: int = 0):
     import comfy.sd1_clip
     import comfy.supported_models_base
     target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
-    target.params = {"textmodel_json_config": dict(TINY_TEXT)}
-    clip = comfy.sd.CLIP(target)
+    target.params = {"textmodel_json_config": dict(TINY_TEXT), "clip_model": comfy.sd1_clip.SDClipModel}
+    clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32})
     initialise(clip.cond_stage_model, seed)
     return clip
 

@@ -1,0 +1,86 @@
+"""The package inside a real ComfyUI server (main.py --cpu on loopback)."""
+import json
+import os
+
+import pytest
+
+from harness.run_example import EXAMPLE, example_prompt
+from harness.server import running_server
+from harness.workflow import to_api
+
+NODE_IDS = ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler")
+
+
+@pytest.fixture(scope="module")
+def server(mini_checkpoint):
+    base, _ = mini_checkpoint
+    with running_server(str(base), os.environ["COMFYUI_DIR"]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    status, info = server.request("/object_info")
+    assert status == 200
+    return info
+
+
+def test_package_imports_and_lists_its_nodes(server, object_info):
+    log = server.log()
+    assert "attend-and-excite" in log and "IMPORT FAILED" not in "\n".join(
+        line for line in log.splitlines() if "attend" in line.lower())
+    for node_id in NODE_IDS:
+        info = object_info[node_id]
+        assert info["category"] == "sampling/attend_and_excite" and info["python_module"].startswith("custom_nodes.")
+    assert object_info["AttendExciteKSampler"]["output"] == ["LATENT", "STRING"]
+
+
+def test_example_workflow_converts_and_validates(server, object_info):
+    with open(EXAMPLE) as f:
+        prompt = to_api(json.load(f), object_info)
+    classes = sorted(node["class_type"] for node in prompt.values())
+    assert "Note" not in classes and classes.count("SaveImage") == 2
+    prompt["5"]["inputs"]["thresholds"] = "0=1"
+    status, answer = server.request("/prompt", {"prompt": prompt})
+    assert status == 400
+    errors = json.dumps(answer["node_errors"])
+    assert "cannot read '0=1'" in errors           # our validation, at queue time
+    assert "v1-5-pruned-emaonly.safetensors" in errors   # the users' checkpoint name, absent here
+
+
+def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoint):
+    _, checkpoint = mini_checkpoint
+    prompt = example_prompt(object_info, checkpoint, steps=6, size=128)
+    result = server.run_prompt(prompt)
+    assert result["status"]["status_str"] == "success", result["status"]
+    images = [i for output in result["outputs"].values() for i in output.get("images", [])]
+    assert len(images) == 2
+    log = json.loads(next(o["text"][0] for o in result["outputs"].values() if "text" in o))
+    assert log["subjects"] == ["cat", "frog"] and [s["step"] for s in log["steps"]] == [0, 1, 2]
+
+
+def test_sampler_node_with_sampler_custom_advanced(server, mini_checkpoint):
+    _, checkpoint = mini_checkpoint
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {"class_type": "AttendExciteTextEncode", "inputs": {"clip": ["1", 1], "text": "a cat with a crown",
+                                                                 "subjects": ""}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 2}},
+        "5": {"class_type": "AttendExciteSampler", "inputs": {
+            "sampler_name": "dpmpp_2m", "steps_to_alter": 25, "thresholds": "0:1.0", "max_refinement": 2,
+            "scale_factor": 20.0, "scale_start": 1.0, "scale_end": 0.5, "smoothing_kernel": 3,
+            "smoothing_sigma": 0.5, "schedule_steps": 50}},
+        "6": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                    "cfg": 7.5}},
+        "7": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "karras", "steps": 6,
+                                                         "denoise": 1.0}},
+        "8": {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}},
+        "9": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["8", 0], "guider": ["6", 0],
+                                                                "sampler": ["5", 0], "sigmas": ["7", 0],
+                                                                "latent_image": ["4", 0]}},
+        "10": {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": "ae"}},
+    }
+    result = server.run_prompt(prompt)
+    assert result["status"]["status_str"] == "success", result["status"]
+    assert "Attend-and-Excite subjects (automatic): cat [2], crown [5]" in server.log()
