@@ -87,6 +87,10 @@ class GuidedRun:
                                      settings.smoothing_sigma)
         self.sigmas = sigmas.tolist()
         self.sampler_name = sampler_name
+        if sampler_name in RESCALED_STATE:
+            logging.warning("Attend-and-Excite: %s keeps a rescaled copy of its state, so each update reaches only "
+                            "that step's model evaluation; pick another sampler for exact Attend-and-Excite",
+                            sampler_name)
         self.calls_at = {}
         self.moved = {}
         self.logs = logs
@@ -150,11 +154,18 @@ class GuidedRun:
             if not self.pending:
                 self.close()
         self.logs.append(log)
+        logging.info("Attend-and-Excite step %d: loss %s -> %s, peaks %s, refinement iterations %s", step + 1,
+                     _rounded(log.losses[0]), _rounded(log.losses[-1]), _rounded(log.peaks[-1]),
+                     log.refinement_iterations)
         x.copy_(moved)
         self.moved[step] = x.data_ptr()
 
     def close(self):
         self.weights.close()
+
+
+def _rounded(values):
+    return [_rounded(v) for v in values] if isinstance(values, list) else round(values, 3)
 
 
 def _progress_text(text: str):

@@ -1,0 +1,9 @@
+# The two entry points of the README. Both build the test environment once
+# (a venv with ComfyUI 0.3.75, or the tree in COMFYUI_DIR) under .comfy/.
+.PHONY: example test
+
+example:
+	bash tests/harness/comfy_env.sh python tests/harness/run_example.py $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
+
+test:
+	bash tests/harness/comfy_env.sh python -m pytest -q -p no:cacheprovider
