@@ -5,7 +5,7 @@ import latent_preview
 from comfy_api.latest import io
 
 from .glue.sampler import attend_excite_sampler
-from .parameters import CATEGORY, guidance_inputs, log_json, settings_from, validate_guidance
+from .parameters import CATEGORY, guidance_inputs, log_json, settings_from, subject_labels, validate_guidance
 
 
 class AttendExciteKSampler(io.ComfyNode):
@@ -60,5 +60,4 @@ class AttendExciteKSampler(io.ComfyNode):
             model, noise, cfg, sampler, sigmas, positive, negative, latent,
             noise_mask=latent_image.get("noise_mask"), callback=latent_preview.prepare_callback(model, steps),
             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        labels = next((c[1]["attend_excite"]["labels"] for c in positive if "attend_excite" in c[1]), None)
-        return io.NodeOutput({**latent_image, "samples": samples}, log_json(labels, logs))
+        return io.NodeOutput({**latent_image, "samples": samples}, log_json(subject_labels(positive, settings), logs))

@@ -87,7 +87,7 @@ def test_schedule_paper_defaults_at_50_steps():
     assert s.step_sizes[0] == pytest.approx(20.0)
     assert s.step_sizes[10] == pytest.approx(18.95, abs=0.01)
     assert s.step_sizes[24] == pytest.approx(17.38, abs=0.01)
-    assert s.last_guided == 24 and s.is_guided(24) and not s.is_guided(25)
+    assert s.is_guided(24) and not s.is_guided(25)
 
 
 def test_schedule_rescales_step_indices_to_other_step_counts():
@@ -96,6 +96,11 @@ def test_schedule_rescales_step_indices_to_other_step_counts():
     same = build_schedule(20, 10, {0: 0.05, 4: 0.5, 8: 0.8}, 20.0, schedule_steps=20)
     assert same.thresholds == s.thresholds and same.steps_to_alter == 10
     assert len(s.step_sizes) == 20 and s.step_sizes[-1] == pytest.approx(20 * math.sqrt(0.5))
+
+
+def test_schedule_with_no_steps_guides_nothing():
+    s = build_schedule(0, 25, {0: 0.05}, 20.0)
+    assert s.step_sizes == () and not s.thresholds and not s.is_guided(0)
 
 
 def reference_refinement(x, score, step_size, threshold, max_refinement):

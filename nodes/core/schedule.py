@@ -25,10 +25,6 @@ class Schedule:
     def is_guided(self, step: int) -> bool:
         return step < self.steps_to_alter or step in self.thresholds
 
-    @property
-    def last_guided(self) -> int:
-        return max([self.steps_to_alter - 1, *self.thresholds], default=-1)
-
 
 def parse_thresholds(text: str) -> dict[int, float]:
     """'0:0.05, 10:0.5, 20:0.8' -> {0: 0.05, 10: 0.5, 20: 0.8}; empty text -> {}."""
@@ -54,8 +50,6 @@ def rescale(index: int, steps: int, schedule_steps: int) -> int:
 def build_schedule(steps: int, steps_to_alter: int, thresholds: dict[int, float], scale_factor: float,
                    scale_range: tuple[float, float] = (1.0, 0.5), max_refinement: int = 20,
                    schedule_steps: int = 50) -> Schedule:
-    if steps < 1:
-        raise ValueError("the sampler has no steps to guide")
     if schedule_steps < 1:
         raise ValueError("schedule_steps must be at least 1")
     scaled = {}

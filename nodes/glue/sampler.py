@@ -20,7 +20,6 @@ from ..core.schedule import Schedule, build_schedule
 from .family import detect_family
 from .guidance import GuidancePass, autograd_weights
 from .recorder import AttentionRecorder, blocks_at_level
-
 from .text import SUBJECTS_KEY
 
 # Evaluations that some samplers make at a later step's own sigma before that step
@@ -76,7 +75,6 @@ class GuidedRun:
         for column in (c for s in subjects for c in s):
             if not 0 < column < token_count:
                 raise ValueError(f"token index {column} is outside the conditioning's {token_count} tokens")
-        self.labels = info.get("labels") if not settings.token_indices else [str(s) for s in subjects]
         self.schedule: Schedule = build_schedule(
             len(sigmas) - 1, settings.steps_to_alter, settings.thresholds, settings.scale_factor,
             settings.scale_range, settings.max_refinement, settings.schedule_steps)
@@ -95,21 +93,14 @@ class GuidedRun:
         self.moved = {}
         self.logs = logs
         self.weights = contextlib.ExitStack()
+        self.weights_swapped = False
         self.diffusion_model = base_model.diffusion_model
 
-    def model(self, model_k):
-        run = self
-
-        class GuidedModel:
-            def __getattr__(self, name):
-                return getattr(model_k, name)
-
-            def __call__(self, x, sigma, **kwargs):
-                if run.pending and run._is_state_call(float(sigma.reshape(-1)[0])):
-                    run._guide(x, sigma, kwargs.get("model_options", {}))
-                return model_k(x, sigma, **kwargs)
-
-        return GuidedModel()
+    def before_model_call(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
+        if self.pending:
+            level = float(sigma.reshape(-1)[0])
+            if self._is_state_call(level):
+                self._guide(x, sigma, level, model_options)
 
     def callback(self, callback):
         def checked(info):
@@ -132,14 +123,15 @@ class GuidedRun:
                 return upcoming == step and self.calls_at[step] > min(step, PREDICTOR_CALLS.get(self.sampler_name, 0))
         return False
 
-    def _guide(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
+    def _guide(self, x: torch.Tensor, sigma: torch.Tensor, level: float, model_options: dict):
         step = self.pending.pop(0)
-        while self.sampler_name in OWN_GRID and self.pending and self.sigmas[self.pending[0]] >= float(sigma.reshape(-1)[0]):
+        while self.sampler_name in OWN_GRID and self.pending and self.sigmas[self.pending[0]] >= level:
             self.pending.pop(0)
-        if not self.weights._exit_callbacks:
+        if not self.weights_swapped:
             self.weights.enter_context(autograd_weights(self.diffusion_model))
+            self.weights_swapped = True
         s = self.schedule
-        step_size = s.step_sizes[step] * (1.0 + float(sigma.reshape(-1)[0]) ** 2)
+        step_size = s.step_sizes[step] * (1.0 + level ** 2)
 
         def on_iteration(iteration):
             comfy.model_management.throw_exception_if_processing_interrupted()
@@ -164,6 +156,20 @@ class GuidedRun:
         self.weights.close()
 
 
+class GuidedModel:
+    """The model as the base sampler sees it: guidance first, then the real call."""
+
+    def __init__(self, run: GuidedRun, model_k):
+        self.run, self.model_k = run, model_k
+
+    def __getattr__(self, name):
+        return getattr(self.model_k, name)
+
+    def __call__(self, x, sigma, **kwargs):
+        self.run.before_model_call(x, sigma, kwargs.get("model_options", {}))
+        return self.model_k(x, sigma, **kwargs)
+
+
 def _rounded(values):
     return [_rounded(v) for v in values] if isinstance(values, list) else round(values, 3)
 
@@ -185,7 +191,7 @@ def attend_excite_sampler(sampler_name: str, settings: Settings, logs: list[Step
     def sample(model_k, noise, sigmas, extra_args=None, callback=None, disable=None, **options):
         run = GuidedRun(model_k, sigmas, settings, sampler_name, logs)
         try:
-            return base.sampler_function(run.model(model_k), noise, sigmas, extra_args=extra_args,
+            return base.sampler_function(GuidedModel(run, model_k), noise, sigmas, extra_args=extra_args,
                                          callback=run.callback(callback), disable=disable, **options)
         finally:
             run.close()

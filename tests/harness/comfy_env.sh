@@ -60,7 +60,7 @@ build_env() {
     # torch would pull gigabytes of CUDA.
     "$py" -m pip install -q torch==2.13.0
     [[ -n "${COMFYUI_DIR:-}" ]] || extract_bundled_comfyui
-    printf 'torch==2.13.0\ntorchvision==0.28.0\n' > "$env_dir/constraints.txt"
+    printf 'torch==2.13.0\ntorchvision==0.28.0\ntorchaudio==2.11.0\n' > "$env_dir/constraints.txt"
     grep -v -E '^\s*(torch|torchvision|torchaudio)\s*([<>=~!].*)?$' "$comfy/requirements.txt" > "$env_dir/requirements-notorch.txt"
     # requests: imported by ComfyUI's frontend manager but missing from 0.3.75's list.
     "$py" -m pip install -q -c "$env_dir/constraints.txt" -r "$env_dir/requirements-notorch.txt" requests
@@ -70,6 +70,12 @@ build_env() {
     local tv
     tv=$("$py" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torchvision").origin))')
     sed -i 's/^@torch.library.register_fake("\(torchvision::[a-z_0-9]*\)")/@(torch.library.register_fake("\1") if torchvision.extension._has_ops() else (lambda f: f))/' "$tv/_meta_registrations.py"
+    # Newer ComfyUI imports torchaudio from comfy.sd. Its last PyPI build (2.11) cannot load
+    # its C extension beside torch 2.13: keep the Python part (SD models use none of it).
+    "$py" -m pip install -q --no-deps torchaudio==2.11.0
+    local ta
+    ta=$("$py" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torchaudio").origin))')
+    sed -i 's/^_IS_TORCHAUDIO_EXT_AVAILABLE = _load_lib("_torchaudio")$/try:\n    _IS_TORCHAUDIO_EXT_AVAILABLE = _load_lib("_torchaudio")\nexcept OSError:\n    _IS_TORCHAUDIO_EXT_AVAILABLE = False/' "$ta/_extension/__init__.py"
     "$py" -m pip install -q -c "$env_dir/constraints.txt" -r "$repo/tests/requirements.txt"
     (cd "$comfy" && "$py" -c 'from comfy.cli_args import args; args.cpu = True
 import utils.extra_config, server, comfy.sd, comfy.samplers, comfy.sample, nodes
