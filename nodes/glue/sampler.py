@@ -24,10 +24,10 @@ from .text import SUBJECTS_KEY
 
 # Evaluations that some samplers make at a later step's own sigma before that step
 # starts: step j's state is evaluated after min(j, n) of them. Heun's predictor lands
-# on the next sigma; so does the ancestral DPM-2 midpoint at eta 1, since
-# sqrt(sigma_i * sigma_down) = sigma_(i+1) there.
-PREDICTOR_CALLS = {"heun": 1, "heunpp2": 2, "dpm_2_ancestral": 1, "dpmpp_2s_ancestral": 1,
-                   "dpmpp_2s_ancestral_cfg_pp": 1}
+# on the next sigma (exp_heun_2_x0 too: SEEDS-2 with r = 1); so does the ancestral
+# DPM-2 midpoint at eta 1, since sqrt(sigma_i * sigma_down) = sigma_(i+1) there.
+PREDICTOR_CALLS = {"heun": 1, "heunpp2": 2, "exp_heun_2_x0": 1, "exp_heun_2_x0_sde": 1, "dpm_2_ancestral": 1,
+                   "dpmpp_2s_ancestral": 1, "dpmpp_2s_ancestral_cfg_pp": 1}
 SIGMA_MATCH = 1e-4
 # Samplers that choose their own evaluation sigmas: step j is guided at the first
 # evaluation at or below its sigma.
