@@ -75,6 +75,24 @@ def test_ksampler_node_zero_scale_equals_stock_and_logs(clip):
     assert [s["refinement_iterations"] for s in log["steps"]] == [[2], [0], [0], [0], [2]]
 
 
+def test_progress_bar_advances_per_step_as_the_stock_ksampler(clip):
+    import comfy.utils
+    model = support.tiny_sd15(seed=1)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    seen = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
+    try:
+        with torch.inference_mode():
+            positive = AttendExciteTextEncode.execute(clip, "a cat and a frog", "cat, frog").result[0]
+            AttendExciteKSampler.execute(model, 3, 5, 6.0, "euler", "normal", positive, positive, latent, 1.0,
+                                         **GUIDANCE)
+            ours, seen[:] = list(seen), []
+            nodes.common_ksampler(model, 3, 5, 6.0, "euler", "normal", positive, positive, latent)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert ours == seen == [(i, 5) for i in range(1, 6)]
+
+
 def test_conditioning_without_subjects_is_refused(clip):
     model = support.tiny_sd15(seed=1)
     with torch.inference_mode():

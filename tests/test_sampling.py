@@ -108,6 +108,14 @@ def test_batch_rows_are_guided_independently(model):
         assert torch.allclose(both[row:row + 1], alone, atol=1e-4, rtol=1e-4)
 
 
+def test_long_prompt_subject_in_the_second_chunk(model):
+    subjects = {"attend_excite": {"subjects": [[2], [90]], "labels": ["a", "b"], "end_columns": [76, 95]}}
+    positive = support.random_conditioning(1, tokens=154, **subjects)
+    out, logs = run(model, "euler", positive=positive)
+    assert torch.isfinite(out).all() and [log.step for log in logs] == [0, 1, 2]
+    assert len(logs[0].peaks[0][0]) == 2
+
+
 def test_cfg_one_and_partial_denoise(model):
     out, logs = run(model, "euler", cfg=1.0, denoise=0.5, latent=torch.randn(1, 4, 8, 8))
     assert torch.isfinite(out).all() and [log.step for log in logs] == [0, 1, 2]
