@@ -8,7 +8,7 @@ import torch
 
 from attend_and_excite.nodes.core import excite as excite_mod
 from attend_and_excite.nodes.core.losses import attend_excite_loss
-from attend_and_excite.nodes.core.maps import gaussian_kernel, kept_columns, subject_peaks
+from attend_and_excite.nodes.core.maps import SubjectScorer, gaussian_kernel, kept_columns
 from attend_and_excite.nodes.core.schedule import build_schedule, parse_thresholds
 
 CORE = pathlib.Path(__file__).parent.parent / "nodes" / "core"
@@ -55,7 +55,7 @@ def test_subject_peaks_equal_the_reference():
     torch.manual_seed(3)
     attention = torch.softmax(torch.randn(2, 16, 16, 77) * 3, dim=-1)
     kernel = gaussian_kernel()
-    peaks = subject_peaks(attention, [[2], [5]], kept_columns(77, 77, [], False), kernel)
+    peaks = SubjectScorer([[2], [5]], kept_columns(77, 77, [], False), kernel)(attention)
     for row in range(2):
         assert torch.allclose(peaks[row], reference_peaks(attention[row], [2, 5], kernel), atol=1e-6)
 
@@ -63,9 +63,14 @@ def test_subject_peaks_equal_the_reference():
 def test_multi_piece_subject_scores_its_strongest_piece():
     attention = torch.softmax(torch.randn(1, 8, 8, 77), dim=-1)
     kept, kernel = kept_columns(77, 77, [], False), gaussian_kernel()
-    both = subject_peaks(attention, [[3, 4]], kept, kernel)
-    single = subject_peaks(attention, [[3], [4]], kept, kernel)
+    both = SubjectScorer([[3, 4]], kept, kernel)(attention)
+    single = SubjectScorer([[3], [4]], kept, kernel)(attention)
     assert both[0, 0] == single[0].max()
+
+
+def test_a_subject_outside_the_scored_tokens_is_refused():
+    with pytest.raises(ValueError, match="not among the scored"):
+        SubjectScorer([[76]], kept_columns(77, 77, [], False), gaussian_kernel())
 
 
 def test_loss_is_the_most_neglected_subject():

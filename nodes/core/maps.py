@@ -39,28 +39,33 @@ def kept_columns(token_count: int, chunk_length: int, end_columns: list[int], dr
     return torch.tensor(kept, dtype=torch.long)
 
 
-def subject_peaks(attention: torch.Tensor, subjects: list[list[int]], kept: torch.Tensor,
-                  kernel: torch.Tensor) -> torch.Tensor:
-    """Smoothed peak attention per subject.
+class SubjectScorer:
+    """Smoothed peak attention per subject; the column bookkeeping is done once here,
+    not at every guidance pass."""
 
-    attention: (B, h, w, T) cross-attention averaged over layers and heads.
-    subjects: context columns of each subject (several for a multi-piece word).
-    Returns (B, S): for each subject, its strongest piece's spatial maximum.
-    """
-    batch, height, width, _ = attention.shape
-    position = torch.full((attention.shape[-1],), -1, dtype=torch.long)
-    position[kept] = torch.arange(len(kept))
-    columns = [c for s in subjects for c in s]
-    if any(position[c] < 0 for c in columns):
-        raise ValueError("a subject column is not among the scored prompt tokens")
-    sharpened = torch.softmax(attention[..., kept] * SHARPENING, dim=-1)
-    picked = sharpened[..., position[columns].to(attention.device)]           # (B, h, w, C)
-    maps = picked.permute(0, 3, 1, 2).reshape(-1, 1, height, width)
-    pad = kernel.shape[-1] // 2
-    smoothed = F.conv2d(F.pad(maps, (pad,) * 4, mode="reflect"), kernel.to(maps)[None, None])
-    peaks = smoothed.amax(dim=(-1, -2)).reshape(batch, len(columns))
-    per_subject, start = [], 0
-    for s in subjects:
-        per_subject.append(peaks[:, start:start + len(s)].amax(dim=-1))
-        start += len(s)
-    return torch.stack(per_subject, dim=-1)
+    def __init__(self, subjects: list[list[int]], kept: torch.Tensor, kernel: torch.Tensor):
+        """subjects: context columns of each subject (several for a multi-piece word);
+        kept: the columns that take part in the token softmax."""
+        position = {int(c): i for i, c in enumerate(kept)}
+        columns = [c for s in subjects for c in s]
+        if any(c not in position for c in columns):
+            raise ValueError("a subject column is not among the scored prompt tokens")
+        self.kept = kept
+        self.picked = torch.tensor([position[c] for c in columns], dtype=torch.long)
+        self.owner = torch.tensor([i for i, s in enumerate(subjects) for _ in s], dtype=torch.long)
+        self.count = len(subjects)
+        self.kernel = kernel[None, None]
+
+    def __call__(self, attention: torch.Tensor) -> torch.Tensor:
+        """attention: (B, h, w, T) averaged over layers and heads -> (B, S): for each
+        subject, its strongest piece's spatial maximum after smoothing."""
+        batch, height, width, _ = attention.shape
+        device = attention.device
+        sharpened = torch.softmax(attention[..., self.kept.to(device)] * SHARPENING, dim=-1)
+        picked = sharpened[..., self.picked.to(device)]                          # (B, h, w, C)
+        maps = picked.permute(0, 3, 1, 2).reshape(-1, 1, height, width)
+        pad = self.kernel.shape[-1] // 2
+        smoothed = F.conv2d(F.pad(maps, (pad,) * 4, mode="reflect"), self.kernel.to(maps))
+        peaks = smoothed.amax(dim=(-1, -2)).reshape(batch, -1)                   # (B, C)
+        owner = self.owner.to(device).expand(batch, -1)
+        return peaks.new_zeros(batch, self.count).scatter_reduce(1, owner, peaks, "amax", include_self=False)

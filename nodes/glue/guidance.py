@@ -7,7 +7,7 @@ import torch
 import comfy.samplers
 
 from ..core.losses import attend_excite_loss
-from ..core.maps import gaussian_kernel, kept_columns, subject_peaks
+from ..core.maps import SubjectScorer, gaussian_kernel, kept_columns
 from .recorder import AttentionRecorder, ForwardDone
 
 
@@ -45,10 +45,9 @@ class GuidancePass:
                  kernel_size: int, sigma: float, chunk_length: int = 77):
         self.base_model = base_model
         self.conds = [[positive_entry]]
-        self.subjects = subjects
-        with torch.inference_mode(False):  # autograd saves both; inference tensors it cannot
-            self.kept = kept_columns(token_count, chunk_length, end_columns, drop_from_end)
-            self.kernel = gaussian_kernel(kernel_size, sigma)
+        with torch.inference_mode(False):  # autograd saves these; inference tensors it cannot
+            kept = kept_columns(token_count, chunk_length, end_columns, drop_from_end)
+            self.score = SubjectScorer(subjects, kept, gaussian_kernel(kernel_size, sigma))
         self.recorder = recorder
         self.model_options = None
 
@@ -62,5 +61,5 @@ class GuidancePass:
             comfy.samplers.calc_cond_batch(self.base_model, self.conds, leaf, sigma, self.model_options)
         except ForwardDone:
             pass
-        peaks = subject_peaks(self.recorder.take_average(), self.subjects, self.kept, self.kernel)
+        peaks = self.score(self.recorder.take_average())
         return leaf, attend_excite_loss(peaks), peaks
