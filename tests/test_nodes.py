@@ -90,7 +90,9 @@ def test_progress_bar_advances_per_step_as_the_stock_ksampler(clip):
             nodes.common_ksampler(model, 3, 5, 6.0, "euler", "normal", positive, positive, latent)
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
-    assert ours == seen == [(i, 5) for i in range(1, 6)]
+    for updates in (ours, seen):       # newer ComfyUI throttles the updates between first and last by time
+        values = [value for value, total in updates]
+        assert updates[0] == (1, 5) and updates[-1] == (5, 5) and values == sorted(set(values))
 
 
 def test_conditioning_without_subjects_is_refused(clip):
