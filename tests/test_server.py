@@ -84,3 +84,24 @@ def test_sampler_node_with_sampler_custom_advanced(server, mini_checkpoint):
     result = server.run_prompt(prompt)
     assert result["status"]["status_str"] == "success", result["status"]
     assert "Attend-and-Excite subjects (automatic): cat [2], crown [5]" in server.log()
+
+
+def test_tokenize_route(server):
+    status, answer = server.request("/attend_excite/tokenize", {"text": "a (cat:1.2) and a sombrero"})
+    assert status == 200
+    by_position = {t["position"]: t["text"] for t in answer["tokens"] if t["kind"] == "piece"}
+    assert by_position[2] == "cat" and answer["tokens"][0]["kind"] == "start"
+    sombrero = next(w for w in answer["words"] if w["text"] == "sombrero")
+    assert len(sombrero["positions"]) > 1
+    assert [s["text"] for s in answer["automatic"]] == ["cat", "sombrero"]
+
+
+@pytest.mark.parametrize("body, status", [(b"{not json", 400), (b'{"text": 5}', 400), (b"{}", 400),
+                                          (b'{"text": "' + b"a" * 70000 + b'"}', 413)])
+def test_tokenize_route_rejects_bad_bodies(server, body, status):
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(server.url + "/attend_excite/tokenize", data=body)
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=30)
+    assert error.value.code == status

@@ -1,0 +1,52 @@
+"""The frontend's server route: a prompt's tokens, word groups and automatic subjects,
+from ComfyUI's bundled SD1 CLIP tokenizer (no model is loaded)."""
+import functools
+import json
+
+from aiohttp import web
+
+from ..core.tokens import PAD, PIECE, automatic_subjects, layout, words
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+@functools.cache
+def _tokenizer():
+    import comfy.sd1_clip
+    return comfy.sd1_clip.SD1Tokenizer().clip_l
+
+
+def tokenize(text: str) -> dict:
+    tokenizer = _tokenizer()
+    chunks = tokenizer.tokenize_with_weights(text)
+    tokens, _ = layout(chunks, tokenizer.inv_vocab, tokenizer.start_token, tokenizer.end_token)
+    return {
+        "tokens": [{"position": t.column, "text": t.text, "kind": t.kind} for t in tokens if t.kind != PAD],
+        "words": [{"text": w.label, "positions": list(w.columns)} for w in words(tokens)
+                  if all(tokens[c].kind == PIECE for c in w.columns)],
+        "automatic": [{"text": s.label, "positions": list(s.columns)} for s in automatic_subjects(tokens)],
+    }
+
+
+async def tokenize_route(request: web.Request) -> web.Response:
+    body = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        return web.json_response({"error": f"the body is over {MAX_BODY_BYTES} bytes"}, status=413)
+    try:
+        text = json.loads(body)["text"]
+        if not isinstance(text, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        return web.json_response({"error": 'send JSON like {"text": "a cat and a frog"}'}, status=400)
+    return web.json_response(tokenize(text))
+
+
+def register_routes():
+    """Adds the route when a ComfyUI server is running (not on plain imports)."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None:
+        server.routes.post("/attend_excite/tokenize")(tokenize_route)
