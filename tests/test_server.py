@@ -1,4 +1,5 @@
 """The package inside a real ComfyUI server (main.py --cpu on loopback)."""
+import glob
 import json
 import os
 
@@ -9,6 +10,7 @@ from harness.server import running_server
 from harness.workflow import to_api
 
 NODE_IDS = ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler")
+EXAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(EXAMPLE), "*.json")))
 
 
 @pytest.fixture(scope="module")
@@ -35,28 +37,31 @@ def test_package_imports_and_lists_its_nodes(server, object_info):
     assert object_info["AttendExciteKSampler"]["output"] == ["LATENT", "STRING"]
 
 
-def test_example_workflow_converts_and_validates(server, object_info):
-    with open(EXAMPLE) as f:
+@pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
+def test_example_workflow_converts_and_validates(server, object_info, path):
+    with open(path) as f:
         prompt = to_api(json.load(f), object_info)
-    classes = sorted(node["class_type"] for node in prompt.values())
-    assert "Note" not in classes and classes.count("SaveImage") == 2
-    prompt["5"]["inputs"]["thresholds"] = "0=1"
+    assert "Note" not in [node["class_type"] for node in prompt.values()]
+    guided = next(node for node in prompt.values() if "thresholds" in node["inputs"])
+    guided["inputs"]["thresholds"] = "0=1"
     status, answer = server.request("/prompt", {"prompt": prompt})
     assert status == 400
     errors = json.dumps(answer["node_errors"])
-    assert "cannot read '0=1'" in errors           # our validation, at queue time
+    assert "cannot read '0=1'" in errors                  # our validation, at queue time
     assert "v1-5-pruned-emaonly.safetensors" in errors   # the users' checkpoint name, absent here
 
 
-def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoint):
+@pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
+def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoint, path):
     _, checkpoint = mini_checkpoint
-    prompt = example_prompt(object_info, checkpoint, steps=6, size=128)
+    prompt = example_prompt(object_info, checkpoint, steps=6, size=128, path=path)
     result = server.run_prompt(prompt)
     assert result["status"]["status_str"] == "success", result["status"]
     images = [i for output in result["outputs"].values() for i in output.get("images", [])]
-    assert len(images) == 2
-    log = json.loads(next(o["text"][0] for o in result["outputs"].values() if "text" in o))
-    assert log["subjects"] == ["cat", "frog"] and [s["step"] for s in log["steps"]] == [0, 1, 2]
+    assert len(images) == [node["class_type"] for node in prompt.values()].count("SaveImage")
+    logs = [json.loads(o["text"][0]) for o in result["outputs"].values() if "text" in o]
+    for log in logs:
+        assert log["subjects"] == ["cat", "frog"] and [s["step"] for s in log["steps"]] == [0, 1, 2]
 
 
 def test_sampler_node_with_sampler_custom_advanced(server, mini_checkpoint):

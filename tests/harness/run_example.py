@@ -42,8 +42,9 @@ def prepare_checkpoint(base: str, checkpoint: str | None) -> str:
     return GENERATED
 
 
-def example_prompt(object_info: dict, checkpoint: str, steps: int | None, size: int | None) -> dict:
-    with open(EXAMPLE) as f:
+def example_prompt(object_info: dict, checkpoint: str, steps: int | None, size: int | None,
+                   path: str = EXAMPLE) -> dict:
+    with open(path) as f:
         prompt = to_api(json.load(f), object_info)
     for node in prompt.values():
         inputs = node["inputs"]
