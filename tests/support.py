@@ -46,7 +46,7 @@ def initialise(module: torch.nn.Module, seed: int, noise: float = 0.02):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in module.named_parameters():
-            if tensor.dtype.is_floating_point:
+            if tensor.dtype.is_floating_point and tensor.numel():
                 fresh = torch.randn(tensor.shape, generator=generator) * noise
                 if name.endswith("weight") and tensor.dim() >= 2:
                     fan_in = tensor[0].numel()

@@ -145,6 +145,16 @@ def test_model_loaded_under_inference_mode_gets_gradients():
     assert all(p.is_inference() for p in model.model.parameters())
 
 
+def test_an_unsupported_model_family_is_refused_by_name():
+    import comfy.model_patcher
+    import comfy.supported_models
+    sd2 = comfy.supported_models.SD20(dict(support.TINY_UNET)).get_model({})
+    support.initialise(sd2.diffusion_model, 0)
+    patcher = comfy.model_patcher.ModelPatcher(sd2, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="supports SD1.x models; this model is SD20"):
+        run(patcher, "euler")
+
+
 def test_an_existing_attn2_replace_patch_is_wrapped_not_dropped(model):
     import comfy.ldm.modules.attention as attention
     calls = []
