@@ -2,6 +2,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .glue.routes import register_routes
+from .heatmaps import AttendExciteHeatmapOverlay, AttendExciteHeatmaps
 from .ksampler import AttendExciteKSampler
 from .sampler import AttendExciteSampler
 from .text_encode import AttendExciteTextEncode
@@ -11,4 +12,5 @@ register_routes()  # at import: ComfyUI adds custom routes once every node pack 
 
 class AttendExciteExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [AttendExciteTextEncode, AttendExciteKSampler, AttendExciteSampler]
+        return [AttendExciteTextEncode, AttendExciteKSampler, AttendExciteSampler, AttendExciteHeatmaps,
+                AttendExciteHeatmapOverlay]

@@ -4,8 +4,10 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
+from .core.record import AttentionRecord
 from .glue.sampler import attend_excite_sampler
-from .parameters import CATEGORY, guidance_inputs, log_json, settings_from, subject_labels, validate_guidance
+from .heatmaps import attention_outputs, attention_results, heatmap_step_input
+from .parameters import CATEGORY, guidance_inputs, settings_from, validate_guidance
 
 
 class AttendExciteKSampler(io.ComfyNode):
@@ -34,11 +36,9 @@ class AttendExciteKSampler(io.ComfyNode):
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="The amount of denoising applied."),
                 *guidance_inputs(),
+                heatmap_step_input(),
             ],
-            outputs=[io.Latent.Output(display_name="LATENT"),
-                     io.String.Output(display_name="log",
-                                      tooltip="JSON: loss and peak attention of every subject at every guided "
-                                              "step and refinement iteration.")],
+            outputs=[io.Latent.Output(display_name="LATENT"), *attention_outputs()],
         )
 
     @classmethod
@@ -47,17 +47,18 @@ class AttendExciteKSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                denoise, **guidance) -> io.NodeOutput:
-        logs = []
+                denoise, heatmap_step=0, **guidance) -> io.NodeOutput:
+        record = AttentionRecord()
         settings = settings_from(**guidance)
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
                                          scheduler=scheduler, denoise=denoise,
                                          model_options=model.model_options).sigmas
-        sampler = attend_excite_sampler(sampler_name, settings, logs)
+        sampler = attend_excite_sampler(sampler_name, settings, record)
         samples = comfy.sample.sample_custom(
             model, noise, cfg, sampler, sigmas, positive, negative, latent,
             noise_mask=latent_image.get("noise_mask"), callback=latent_preview.prepare_callback(model, steps),
             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        return io.NodeOutput({**latent_image, "samples": samples}, log_json(subject_labels(positive, settings), logs))
+        results, preview = attention_results(cls, record, latent_image, heatmap_step)
+        return io.NodeOutput({**latent_image, "samples": samples}, *results, ui=preview)

@@ -1,13 +1,11 @@
-"""The Attend-and-Excite inputs shared by both sampler nodes, and their parsing."""
-import json
-
+"""The Attend-and-Excite inputs and types shared by the nodes, and their parsing."""
 from comfy_api.latest import io
 
 from .core.schedule import DEFAULT_THRESHOLDS, parse_thresholds
 from .glue.sampler import Settings
-from .glue.text import SUBJECTS_KEY
 
 CATEGORY = "sampling/attend_and_excite"
+ATTENTION = io.Custom("AE_ATTENTION")
 
 
 def guidance_inputs() -> list:
@@ -69,13 +67,3 @@ def settings_from(steps_to_alter, thresholds, max_refinement, scale_factor, scal
                     scale_range=(scale_start, scale_end), kernel_size=smoothing_kernel,
                     smoothing_sigma=smoothing_sigma, schedule_steps=schedule_steps,
                     token_indices=parse_token_indices(token_indices))
-
-
-def subject_labels(positive, settings: Settings) -> list[str]:
-    if settings.token_indices:
-        return ["+".join(map(str, columns)) for columns in settings.token_indices]
-    return next((extra[SUBJECTS_KEY]["labels"] for _, extra in positive if SUBJECTS_KEY in extra), [])
-
-
-def log_json(labels, logs) -> str:
-    return json.dumps({"subjects": labels, "steps": [vars(log) for log in logs]})

@@ -1,8 +1,9 @@
 import comfy.samplers
 from comfy_api.latest import io
 
+from .core.record import AttentionRecord
 from .glue.sampler import attend_excite_sampler
-from .parameters import CATEGORY, guidance_inputs, settings_from, validate_guidance
+from .parameters import ATTENTION, CATEGORY, guidance_inputs, settings_from, validate_guidance
 
 
 class AttendExciteSampler(io.ComfyNode):
@@ -19,7 +20,10 @@ class AttendExciteSampler(io.ComfyNode):
                                tooltip="The base sampling algorithm."),
                 *guidance_inputs(),
             ],
-            outputs=[io.Sampler.Output()],
+            outputs=[io.Sampler.Output(),
+                     ATTENTION.Output(display_name="attention",
+                                      tooltip="Filled by each sampling run: connect it to 'Attend-and-Excite "
+                                              "Heatmaps' or 'Attend-and-Excite Heatmap Overlay'.")],
         )
 
     @classmethod
@@ -28,4 +32,5 @@ class AttendExciteSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, sampler_name, **guidance) -> io.NodeOutput:
-        return io.NodeOutput(attend_excite_sampler(sampler_name, settings_from(**guidance), logs=[]))
+        record = AttentionRecord()
+        return io.NodeOutput(attend_excite_sampler(sampler_name, settings_from(**guidance), record), record)

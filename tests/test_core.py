@@ -68,6 +68,18 @@ def test_multi_piece_subject_scores_its_strongest_piece():
     assert both[0, 0] == single[0].max()
 
 
+def test_subject_maps_are_what_the_peaks_are_read_from():
+    attention = torch.softmax(torch.randn(2, 8, 8, 77) * 3, dim=-1)
+    kept, kernel = kept_columns(77, 77, [], False), gaussian_kernel()
+    merged = SubjectScorer([[3, 4], [6]], kept, kernel)
+    single = SubjectScorer([[3], [4], [6]], kept, kernel)
+    maps, pieces = merged.maps(attention), single.maps(attention)
+    assert maps.shape == (2, 2, 8, 8)
+    assert torch.equal(maps[:, 0], torch.maximum(pieces[:, 0], pieces[:, 1]))
+    assert torch.equal(maps[:, 1], pieces[:, 2])
+    assert torch.equal(merged(attention), maps.amax(dim=(-1, -2)))
+
+
 def test_a_subject_outside_the_scored_tokens_is_refused():
     with pytest.raises(ValueError, match="not among the scored"):
         SubjectScorer([[76]], kept_columns(77, 77, [], False), gaussian_kernel())

@@ -1,5 +1,6 @@
 """The V3 nodes called as ComfyUI calls them, on real ComfyUI objects."""
 import json
+import pathlib
 
 import pytest
 import torch
@@ -9,12 +10,21 @@ import folder_paths
 import nodes
 import support
 from attend_and_excite.nodes import AttendExciteExtension
+from attend_and_excite.nodes.heatmaps import AttendExciteHeatmapOverlay, AttendExciteHeatmaps
 from attend_and_excite.nodes.ksampler import AttendExciteKSampler
 from attend_and_excite.nodes.parameters import CATEGORY
+from attend_and_excite.nodes.sampler import AttendExciteSampler
 from attend_and_excite.nodes.text_encode import AttendExciteTextEncode
 
+DOCS = pathlib.Path(__file__).parent.parent / "js" / "docs"
 GUIDANCE = dict(steps_to_alter=25, thresholds="0:1.0, 20:1.0", max_refinement=2, scale_factor=20.0, scale_start=1.0,
                 scale_end=0.5, smoothing_kernel=3, smoothing_sigma=0.5, schedule_steps=50, token_indices="")
+
+
+def named(node, output) -> dict:
+    """A node's results by output name."""
+    names = [o.display_name or o.io_type for o in node.define_schema().outputs]
+    return dict(zip(names, output.result))
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +35,16 @@ def clip():
 def test_schemas_describe_every_node_and_input():
     import asyncio
     node_list = asyncio.run(AttendExciteExtension().get_node_list())
-    assert {n.define_schema().node_id for n in node_list} == {"AttendExciteTextEncode", "AttendExciteKSampler",
-                                                              "AttendExciteSampler"}
+    assert {n.define_schema().node_id for n in node_list} == {
+        "AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
+        "AttendExciteHeatmapOverlay"}
     for node in node_list:
         schema = node.define_schema()
         assert schema.category == CATEGORY and schema.description
+        help_page = DOCS / f"{schema.node_id}.md"
+        assert help_page.is_file(), f"{schema.node_id} has no help page"
+        for item in schema.inputs:
+            assert f"`{item.id}`" in help_page.read_text(), f"{help_page.name} does not explain {item.id}"
         for item in schema.inputs:
             assert item.tooltip, f"{schema.node_id}.{item.id} has no tooltip"
 
@@ -62,14 +77,14 @@ def test_ksampler_node_zero_scale_equals_stock_and_logs(clip):
     with torch.inference_mode():
         positive = AttendExciteTextEncode.execute(clip, "a cat and a frog", "cat, frog").result[0]
         negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-        off = AttendExciteKSampler.execute(model, 3, 10, 6.0, "dpmpp_2m", "karras", positive, negative, latent, 1.0,
-                                           **dict(GUIDANCE, scale_factor=0.0)).result
+        off = named(AttendExciteKSampler, AttendExciteKSampler.execute(
+            model, 3, 10, 6.0, "dpmpp_2m", "karras", positive, negative, latent, 1.0, **dict(GUIDANCE, scale_factor=0.0)))
         stock = nodes.common_ksampler(model, 3, 10, 6.0, "dpmpp_2m", "karras", positive, negative, latent)[0]
-        on = AttendExciteKSampler.execute(model, 3, 10, 6.0, "dpmpp_2m", "karras", positive, negative, latent, 1.0,
-                                          **GUIDANCE).result
-    assert torch.equal(off[0]["samples"], stock["samples"])
-    assert not torch.equal(on[0]["samples"], stock["samples"])
-    log = json.loads(on[1])
+        on = named(AttendExciteKSampler, AttendExciteKSampler.execute(
+            model, 3, 10, 6.0, "dpmpp_2m", "karras", positive, negative, latent, 1.0, **GUIDANCE))
+    assert torch.equal(off["LATENT"]["samples"], stock["samples"])
+    assert not torch.equal(on["LATENT"]["samples"], stock["samples"])
+    log = json.loads(on["log"])
     assert log["subjects"] == ["cat", "frog"]
     assert [s["step"] for s in log["steps"]] == [0, 1, 2, 3, 4]          # 25 of 50 rescaled to 10 steps
     assert [s["refinement_iterations"] for s in log["steps"]] == [[2], [0], [0], [0], [2]]
@@ -114,10 +129,74 @@ def test_checkpoint_loaded_by_checkpoint_loader_under_inference_mode(mini_checkp
         assert all(p.is_inference() for p in model.model.diffusion_model.parameters())
         positive = AttendExciteTextEncode.execute(clip, "a cat and a frog", "").result[0]
         negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-        result = AttendExciteKSampler.execute(model, 1, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0,
-                                              **dict(GUIDANCE, schedule_steps=4, steps_to_alter=2,
-                                                     thresholds="0:1.0")).result
-    steps = json.loads(result[1])["steps"]
+        result = named(AttendExciteKSampler, AttendExciteKSampler.execute(
+            model, 1, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0,
+            **dict(GUIDANCE, schedule_steps=4, steps_to_alter=2, thresholds="0:1.0")))
+    steps = json.loads(result["log"])["steps"]
     assert [s["step"] for s in steps] == [0, 1] and steps[0]["refinement_iterations"] == [2]
     assert steps[0]["losses"][0] != steps[0]["losses"][-1]
-    assert torch.isfinite(result[0]["samples"]).all()
+    assert torch.isfinite(result["LATENT"]["samples"]).all()
+
+
+def ksampler_run(model, positive, negative, latent, **changes):
+    with torch.inference_mode():
+        return AttendExciteKSampler.execute(model, 3, 10, 6.0, "euler", "normal", positive, negative, latent, 1.0,
+                                            **dict(GUIDANCE, **changes))
+
+
+def test_ksampler_heatmaps_are_the_maps_the_loss_used_and_preview_on_the_node(clip):
+    model = support.tiny_sd15(seed=1, config=dict(support.TINY_UNET))
+    with torch.inference_mode():
+        positive = AttendExciteTextEncode.execute(clip, "a cat and a frog", "cat, frog").result[0]
+        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+    output = ksampler_run(model, positive, negative, {"samples": torch.zeros(2, 4, 8, 8)}, heatmap_step=3)
+    result = named(AttendExciteKSampler, output)
+    record = result["attention"]
+    assert [log.step for log in record.logs] == [0, 1, 2, 3, 4]
+    for log, maps in zip(record.logs, record.maps):
+        assert maps.shape == (2, 2, 2, 2)             # batch, subjects, the latent/4 level of an 8x8 latent
+        assert torch.allclose(maps.amax(dim=(-1, -2)), torch.tensor(log.peaks[-1]), atol=1e-6)
+    assert result["heatmaps"].shape == (2 * 2 * 2, 64, 64, 3)    # images x (mean, step 3) x subjects
+    assert result["peak_plot"].shape[0] == 2 and result["peak_plot"].shape[-1] == 3
+    assert len(output.ui.as_dict()["images"]) == 8
+    assert json.loads(result["log"])["subjects"] == ["cat", "frog"]
+
+
+def test_sampler_node_fills_its_record_for_the_heatmaps_node_as_the_ksampler_does(clip):
+    import comfy.sample
+    model = support.tiny_sd15(seed=1, config=dict(support.TINY_UNET))
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    with torch.inference_mode():
+        positive = AttendExciteTextEncode.execute(clip, "a cat and a frog", "cat, frog").result[0]
+        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+        sampler, record = AttendExciteSampler.execute("euler", **GUIDANCE).result
+        with pytest.raises(ValueError, match="no guided step was recorded"):
+            AttendExciteHeatmaps.execute(record, latent, 0)
+        sigmas = comfy.samplers.KSampler(model, steps=10, device="cpu", sampler="euler", scheduler="normal").sigmas
+        noise = comfy.sample.prepare_noise(latent["samples"], 3)
+        samples = comfy.sample.sample_custom(model, noise, 6.0, sampler, sigmas, positive, negative,
+                                             latent["samples"], seed=3, disable_pbar=True)
+    shown = named(AttendExciteHeatmaps, AttendExciteHeatmaps.execute(record, {"samples": samples}, 0))
+    direct = named(AttendExciteKSampler, ksampler_run(model, positive, negative, latent))
+    assert torch.equal(shown["heatmaps"], direct["heatmaps"])
+    assert torch.equal(shown["peak_plot"], direct["peak_plot"])
+    assert shown["log"] == direct["log"]
+
+
+def test_overlay_node_blends_the_record_over_the_images(clip):
+    model = support.tiny_sd15(seed=1, config=dict(support.TINY_UNET))
+    with torch.inference_mode():
+        positive = AttendExciteTextEncode.execute(clip, "a cat and a frog", "cat, frog").result[0]
+        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+    record = named(AttendExciteKSampler, ksampler_run(model, positive, negative,
+                                                      {"samples": torch.zeros(1, 4, 16, 16)}))["attention"]
+    image = torch.rand(1, 128, 128, 3)
+    output = AttendExciteHeatmapOverlay.execute(image, record, 0.0, 0)
+    blended = output.result[0]
+    assert blended.shape == (2, 128, 128, 3) and len(output.ui.as_dict()["images"]) == 2
+    assert torch.allclose(blended[:, 48:], image[:, 48:].expand(2, -1, -1, -1), atol=1 / 255)
+    at_step = AttendExciteHeatmapOverlay.execute(image, record, 1.0, 2).result[0]
+    assert not torch.allclose(at_step, AttendExciteHeatmapOverlay.execute(image, record, 1.0, 0).result[0])
+    with pytest.raises(ValueError, match="same sampler run"):
+        AttendExciteHeatmapOverlay.execute(torch.rand(3, 64, 64, 3), named(AttendExciteKSampler, ksampler_run(
+            model, positive, negative, {"samples": torch.zeros(2, 4, 8, 8)}))["attention"], 0.5, 0)

@@ -20,6 +20,7 @@ import comfy.sample  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import comfy.utils  # noqa: E402
 import support  # noqa: E402
+from attend_and_excite.nodes.core.record import AttentionRecord
 from attend_and_excite.nodes.glue.sampler import Settings, attend_excite_sampler  # noqa: E402
 
 STEPS, GUIDANCE, SCALE_FACTOR = 10, 7.5, 20.0
@@ -87,12 +88,12 @@ def package_run(patcher, cond, uncond, noise, timesteps, scale_factor=SCALE_FACT
     positive = [[cond, {"attend_excite": {"subjects": [[2], [5]], "labels": ["2", "5"], "end_columns": []}}]]
     settings = Settings(steps_to_alter=5, thresholds=THRESHOLDS, max_refinement=20, scale_factor=scale_factor,
                         schedule_steps=STEPS)
-    logs = []
+    record = AttentionRecord()
     with torch.inference_mode():
-        samples = comfy.sample.sample_custom(patcher, noise, GUIDANCE, attend_excite_sampler("euler", settings, logs),
+        samples = comfy.sample.sample_custom(patcher, noise, GUIDANCE, attend_excite_sampler("euler", settings, record),
                                              sigmas, positive, [[uncond, {}]], torch.zeros_like(noise), seed=0,
                                              disable_pbar=True)
-    return samples * 0.18215, logs    # back from ComfyUI's latent scaling to the UNet's own
+    return samples * 0.18215, record.logs    # back from ComfyUI's latent scaling to the UNet's own
 
 
 def test_step_by_step_parity_with_diffusers(shared):

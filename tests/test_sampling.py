@@ -12,6 +12,7 @@ import nodes
 import support
 from attend_and_excite.nodes.glue.guidance import GuidancePass
 from attend_and_excite.nodes.glue.recorder import AttentionRecorder, blocks_at_level, cross_attention_blocks
+from attend_and_excite.nodes.core.record import AttentionRecord
 from attend_and_excite.nodes.glue.sampler import Settings, attend_excite_sampler
 
 SUBJECTS = {"attend_excite": {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}}
@@ -32,7 +33,7 @@ def run(model, sampler_name, settings=FORCED, latent=None, steps=6, cfg=5.0, den
     latent = torch.zeros(1, 4, 8, 8) if latent is None else latent
     pos, neg = conds()
     pos = positive or pos
-    logs = []
+    record = AttentionRecord()
     with torch.inference_mode():
         if stock:
             out = nodes.common_ksampler(model, seed, steps, cfg, sampler_name, "normal", pos, neg,
@@ -40,10 +41,10 @@ def run(model, sampler_name, settings=FORCED, latent=None, steps=6, cfg=5.0, den
         else:
             sigmas = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler_name,
                                              scheduler="normal", denoise=denoise).sigmas
-            sampler = attend_excite_sampler(sampler_name, settings, logs)
+            sampler = attend_excite_sampler(sampler_name, settings, record)
             out = comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, seed), cfg, sampler, sigmas,
                                              pos, neg, latent, seed=seed, disable_pbar=True)
-    return out, logs
+    return out, record.logs
 
 
 def test_blocks_of_the_sd15_topology_at_latent_over_4():

@@ -54,18 +54,28 @@ class SubjectScorer:
         self.picked = torch.tensor([position[c] for c in columns], dtype=torch.long)
         self.owner = torch.tensor([i for i, s in enumerate(subjects) for _ in s], dtype=torch.long)
         self.count = len(subjects)
+        self.one_piece_each = len(columns) == self.count
         self.kernel = kernel[None, None]
 
-    def __call__(self, attention: torch.Tensor) -> torch.Tensor:
-        """attention: (B, h, w, T) averaged over layers and heads -> (B, S): for each
-        subject, its strongest piece's spatial maximum after smoothing."""
+    def maps(self, attention: torch.Tensor) -> torch.Tensor:
+        """attention: (B, h, w, T) averaged over layers and heads -> (B, S, h, w): each
+        subject's smoothed map, the strongest of its pieces at every position."""
         batch, height, width, _ = attention.shape
         device = attention.device
         sharpened = torch.softmax(attention[..., self.kept.to(device)] * SHARPENING, dim=-1)
         picked = sharpened[..., self.picked.to(device)]                          # (B, h, w, C)
-        maps = picked.permute(0, 3, 1, 2).reshape(-1, 1, height, width)
+        pieces = picked.permute(0, 3, 1, 2).reshape(-1, 1, height, width)
         pad = self.kernel.shape[-1] // 2
-        smoothed = F.conv2d(F.pad(maps, (pad,) * 4, mode="reflect"), self.kernel.to(maps))
-        peaks = smoothed.amax(dim=(-1, -2)).reshape(batch, -1)                   # (B, C)
-        owner = self.owner.to(device).expand(batch, -1)
-        return peaks.new_zeros(batch, self.count).scatter_reduce(1, owner, peaks, "amax", include_self=False)
+        smoothed = F.conv2d(F.pad(pieces, (pad,) * 4, mode="reflect"), self.kernel.to(pieces))
+        smoothed = smoothed.reshape(batch, -1, height * width)                  # (B, C, hw)
+        if self.one_piece_each:
+            return smoothed.view(batch, self.count, height, width)
+        owner = self.owner.to(device).view(1, -1, 1).expand_as(smoothed)
+        merged = smoothed.new_zeros(batch, self.count, height * width).scatter_reduce(
+            1, owner, smoothed, "amax", include_self=False)
+        return merged.view(batch, self.count, height, width)
+
+    def __call__(self, attention: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, T) -> (B, S): each subject's spatial peak (the maximum of maxima
+        over its pieces, as the reference scores a multi-piece word)."""
+        return self.maps(attention).amax(dim=(-1, -2))

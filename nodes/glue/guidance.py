@@ -50,6 +50,7 @@ class GuidancePass:
             self.score = SubjectScorer(subjects, kept, gaussian_kernel(kernel_size, sigma))
         self.recorder = recorder
         self.model_options = None
+        self.last_maps = None     # (B, S, h, w) of the latest evaluation
 
     def evaluate(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
         """Under enable_grad: returns (leaf, loss (B,), peaks (B, S))."""
@@ -61,5 +62,7 @@ class GuidancePass:
             comfy.samplers.calc_cond_batch(self.base_model, self.conds, leaf, sigma, self.model_options)
         except ForwardDone:
             pass
-        peaks = self.score(self.recorder.take_average())
+        maps = self.score.maps(self.recorder.take_average())
+        self.last_maps = maps.detach()
+        peaks = maps.amax(dim=(-1, -2))
         return leaf, attend_excite_loss(peaks), peaks

@@ -15,7 +15,8 @@ import torch
 import comfy.model_management
 import comfy.samplers
 
-from ..core.excite import StepLog, excite
+from ..core.excite import excite
+from ..core.record import AttentionRecord
 from ..core.schedule import Schedule, build_schedule
 from .family import detect_family
 from .guidance import GuidancePass, autograd_weights
@@ -65,7 +66,7 @@ class GuidedRun:
     """One sampling call: decides which model calls are guided and guides them."""
 
     def __init__(self, model_k, sigmas: torch.Tensor, settings: Settings, sampler_name: str,
-                 logs: list[StepLog]):
+                 record: AttentionRecord):
         guider = model_k.inner_model
         base_model = guider.inner_model
         family = detect_family(base_model)
@@ -79,6 +80,9 @@ class GuidedRun:
             len(sigmas) - 1, settings.steps_to_alter, settings.thresholds, settings.scale_factor,
             settings.scale_range, settings.max_refinement, settings.schedule_steps)
         self.pending = [j for j in range(self.schedule.steps) if self.schedule.is_guided(j)]
+        labels = ["+".join(map(str, c)) for c in settings.token_indices] if settings.token_indices else \
+            info["labels"]
+        record.start(labels, self.schedule.thresholds, self.schedule.steps)
         recorder = AttentionRecorder(blocks_at_level(base_model.diffusion_model, family.map_level))
         self.guidance = GuidancePass(base_model, entry, subjects, token_count, info.get("end_columns", []),
                                      family.drop_from_end, recorder, settings.kernel_size,
@@ -91,7 +95,7 @@ class GuidedRun:
                             sampler_name)
         self.calls_at = {}
         self.moved = {}
-        self.logs = logs
+        self.record = record
         self.weights = contextlib.ExitStack()
         self.weights_swapped = False
         self.diffusion_model = base_model.diffusion_model
@@ -145,7 +149,7 @@ class GuidedRun:
         finally:
             if not self.pending:
                 self.close()
-        self.logs.append(log)
+        self.record.add(log, self.guidance.last_maps)
         logging.info("Attend-and-Excite step %d: loss %s -> %s, peaks %s, refinement iterations %s", step + 1,
                      _rounded(log.losses[0]), _rounded(log.losses[-1]), _rounded(log.peaks[-1]),
                      log.refinement_iterations)
@@ -184,12 +188,12 @@ def _progress_text(text: str):
         server.send_progress_text(text, server.last_node_id)
 
 
-def attend_excite_sampler(sampler_name: str, settings: Settings, logs: list[StepLog]):
-    """A KSAMPLER running `sampler_name` with Attend-and-Excite."""
+def attend_excite_sampler(sampler_name: str, settings: Settings, record: AttentionRecord):
+    """A KSAMPLER running `sampler_name` with Attend-and-Excite; each run refills `record`."""
     base = comfy.samplers.sampler_object(sampler_name)
 
     def sample(model_k, noise, sigmas, extra_args=None, callback=None, disable=None, **options):
-        run = GuidedRun(model_k, sigmas, settings, sampler_name, logs)
+        run = GuidedRun(model_k, sigmas, settings, sampler_name, record)
         try:
             return base.sampler_function(GuidedModel(run, model_k), noise, sigmas, extra_args=extra_args,
                                          callback=run.callback(callback), disable=disable, **options)

@@ -1,0 +1,86 @@
+from comfy_api.latest import io, ui
+
+from .core.heatmaps import heatmap_views, overlay
+from .core.plot import peak_chart
+from .core.record import AttentionRecord
+from .parameters import ATTENTION, CATEGORY
+
+# SD-family VAEs decode 8 pixels per latent cell.
+VAE_SCALE = 8
+
+
+def heatmap_step_input() -> io.Int.Input:
+    return io.Int.Input("heatmap_step", default=0, min=0, max=10000,
+                        tooltip="0: the heatmaps show each subject's mean map over the guided steps. n: they "
+                                "also show the maps at step n (the nearest guided step).")
+
+
+def attention_outputs(with_record: bool = True) -> list:
+    record = [ATTENTION.Output(display_name="attention",
+                               tooltip="The recorded maps, for 'Attend-and-Excite Heatmap Overlay'.")]
+    return [io.Image.Output(display_name="heatmaps",
+                            tooltip="Per image and subject: the attention map the loss used, on a fixed 0-1 "
+                                    "scale (dark = neglected), with the subject and its peak written on it."),
+            io.Image.Output(display_name="peak_plot",
+                            tooltip="Each subject's peak attention at every guided step, with the refinement "
+                                    "thresholds."),
+            *(record if with_record else []),
+            io.String.Output(display_name="log",
+                             tooltip="JSON: loss and peak attention of every subject at every guided step and "
+                                     "refinement iteration.")]
+
+
+def attention_results(cls, record: AttentionRecord, latent: dict, heatmap_step: int) -> tuple[list, ui.PreviewImage]:
+    """The values of attention_outputs() and the on-node preview of the heatmaps."""
+    batch, _, height, width = latent["samples"].shape[:4]
+    heatmaps = heatmap_views(record, batch, height * VAE_SCALE, width * VAE_SCALE, heatmap_step)
+    return [heatmaps, peak_chart(record, batch), record, record.to_json()], ui.PreviewImage(heatmaps, cls=cls)
+
+
+class AttendExciteHeatmaps(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AttendExciteHeatmaps",
+            display_name="Attend-and-Excite Heatmaps",
+            category=CATEGORY,
+            description="Shows what an 'Attend-and-Excite Sampler' did in its last run: the subjects' attention "
+                        "heatmaps, their peak attention per step, and the log.",
+            inputs=[ATTENTION.Input("attention", tooltip="From 'Attend-and-Excite Sampler'."),
+                    io.Latent.Input("samples", tooltip="The sampled latent (so that this node runs after the "
+                                                       "sampling, and sizes the heatmaps to the image)."),
+                    heatmap_step_input()],
+            outputs=attention_outputs(with_record=False),
+        )
+
+    @classmethod
+    def execute(cls, attention, samples, heatmap_step) -> io.NodeOutput:
+        attention.require_maps()
+        (heatmaps, plot, _, log), preview = attention_results(cls, attention, samples, heatmap_step)
+        return io.NodeOutput(heatmaps, plot, log, ui=preview)
+
+
+class AttendExciteHeatmapOverlay(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AttendExciteHeatmapOverlay",
+            display_name="Attend-and-Excite Heatmap Overlay",
+            category=CATEGORY,
+            description="Blends each subject's attention map over the decoded image, so you see where every "
+                        "subject landed. Each map is scaled to its own peak; the label gives the peak.",
+            inputs=[io.Image.Input("image", tooltip="The decoded image(s) of the same sampler run."),
+                    ATTENTION.Input("attention", tooltip="From an Attend-and-Excite sampler node."),
+                    io.Float.Input("opacity", default=0.55, min=0.0, max=1.0, step=0.05,
+                                   tooltip="0 shows the image only, 1 the map only."),
+                    io.Int.Input("step", default=0, min=0, max=10000,
+                                 tooltip="0: the mean map over the guided steps; n: the map at step n (the "
+                                         "nearest guided step).")],
+            outputs=[io.Image.Output(tooltip="One image per input image and subject.")],
+        )
+
+    @classmethod
+    def execute(cls, image, attention, opacity, step) -> io.NodeOutput:
+        maps, caption = attention.select(step)
+        blended = overlay(image, maps, attention.labels, opacity, caption)
+        return io.NodeOutput(blended, ui=ui.PreviewImage(blended, cls=cls))
