@@ -51,6 +51,7 @@ class AttendExciteHeatmaps(io.ComfyNode):
                                                        "sampling, and sizes the heatmaps to the image)."),
                     heatmap_step_input()],
             outputs=attention_outputs(with_record=False),
+            is_output_node=True,
         )
 
     @classmethod
@@ -77,6 +78,7 @@ class AttendExciteHeatmapOverlay(io.ComfyNode):
                                  tooltip="0: the mean map over the guided steps; n: the map at step n (the "
                                          "nearest guided step).")],
             outputs=[io.Image.Output(tooltip="One image per input image and subject.")],
+            is_output_node=True,
         )
 
     @classmethod

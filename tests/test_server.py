@@ -9,7 +9,9 @@ from harness.run_example import EXAMPLE, example_prompt
 from harness.server import running_server
 from harness.workflow import to_api
 
-NODE_IDS = ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler")
+NODE_IDS = ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
+            "AttendExciteHeatmapOverlay")
+SHOWS_A_TILE_PER_SUBJECT = ("AttendExciteKSampler", "AttendExciteHeatmaps", "AttendExciteHeatmapOverlay")
 EXAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(EXAMPLE), "*.json")))
 
 
@@ -34,7 +36,9 @@ def test_package_imports_and_lists_its_nodes(server, object_info):
     for node_id in NODE_IDS:
         info = object_info[node_id]
         assert info["category"] == "sampling/attend_and_excite" and info["python_module"].startswith("custom_nodes.")
-    assert object_info["AttendExciteKSampler"]["output"] == ["LATENT", "STRING"]
+    assert object_info["AttendExciteKSampler"]["output"] == ["LATENT", "IMAGE", "IMAGE", "AE_ATTENTION", "STRING"]
+    assert object_info["AttendExciteSampler"]["output"] == ["SAMPLER", "AE_ATTENTION"]
+    assert object_info["AttendExciteHeatmaps"]["output_node"] and object_info["AttendExciteHeatmapOverlay"]["output_node"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
@@ -57,11 +61,15 @@ def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoint, 
     prompt = example_prompt(object_info, checkpoint, steps=6, size=128, path=path)
     result = server.run_prompt(prompt)
     assert result["status"]["status_str"] == "success", result["status"]
-    images = [i for output in result["outputs"].values() for i in output.get("images", [])]
-    assert len(images) == [node["class_type"] for node in prompt.values()].count("SaveImage")
+    for node_id, node in prompt.items():
+        images = result["outputs"].get(node_id, {}).get("images", [])
+        if node["class_type"] in ("SaveImage", "PreviewImage"):
+            assert len(images) == 1, node
+        if node["class_type"] in SHOWS_A_TILE_PER_SUBJECT:
+            assert len(images) == 2 and {i["type"] for i in images} == {"temp"}, node   # two subjects, one image
     logs = [json.loads(o["text"][0]) for o in result["outputs"].values() if "text" in o]
     for log in logs:
-        assert log["subjects"] == ["cat", "frog"] and [s["step"] for s in log["steps"]] == [0, 1, 2]
+        assert len(log["subjects"]) == 2 and [s["step"] for s in log["steps"]] == [0, 1, 2]
 
 
 def test_sampler_node_with_sampler_custom_advanced(server, mini_checkpoint):
