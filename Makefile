@@ -1,9 +1,14 @@
 # The two entry points of the README. Both build the test environment once
 # (a venv with ComfyUI 0.3.75, or the tree in COMFYUI_DIR) under .comfy/.
-.PHONY: example test
+.PHONY: example test thumbnails
 
 example:
 	bash tests/harness/comfy_env.sh python tests/harness/run_example.py $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
 
 test:
 	bash tests/harness/comfy_env.sh python -m pytest -q -p no:cacheprovider
+
+# Template thumbnails and the README screenshot, from a real-browser run of the examples.
+thumbnails:
+	bash tests/harness/comfy_env.sh python -m pytest -q -p no:cacheprovider tests/test_browser.py
+	bash tests/harness/comfy_env.sh python tests/harness/thumbnails.py

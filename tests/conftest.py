@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -21,3 +23,19 @@ def mini_checkpoint(tmp_path_factory):
     folder.mkdir(parents=True)
     make_mini_sd15(str(folder / "mini_sd15.safetensors"))
     return base, "mini_sd15.safetensors"
+
+
+@pytest.fixture(scope="session")
+def server(mini_checkpoint):
+    """One real ComfyUI server with this package for the server and browser tests."""
+    from harness.server import running_server
+    base, _ = mini_checkpoint
+    with running_server(str(base), os.environ["COMFYUI_DIR"]) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def object_info(server):
+    status, info = server.request("/object_info")
+    assert status == 200
+    return info

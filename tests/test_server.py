@@ -6,27 +6,12 @@ import os
 import pytest
 
 from harness.run_example import EXAMPLE, example_prompt
-from harness.server import running_server
 from harness.workflow import to_api
 
 NODE_IDS = ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
             "AttendExciteHeatmapOverlay")
 SHOWS_A_TILE_PER_SUBJECT = ("AttendExciteKSampler", "AttendExciteHeatmaps", "AttendExciteHeatmapOverlay")
 EXAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(EXAMPLE), "*.json")))
-
-
-@pytest.fixture(scope="module")
-def server(mini_checkpoint):
-    base, _ = mini_checkpoint
-    with running_server(str(base), os.environ["COMFYUI_DIR"]) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def object_info(server):
-    status, info = server.request("/object_info")
-    assert status == 200
-    return info
 
 
 def test_package_imports_and_lists_its_nodes(server, object_info):
@@ -39,6 +24,15 @@ def test_package_imports_and_lists_its_nodes(server, object_info):
     assert object_info["AttendExciteKSampler"]["output"] == ["LATENT", "IMAGE", "IMAGE", "AE_ATTENTION", "STRING"]
     assert object_info["AttendExciteSampler"]["output"] == ["SAMPLER", "AE_ATTENTION"]
     assert object_info["AttendExciteHeatmaps"]["output_node"] and object_info["AttendExciteHeatmapOverlay"]["output_node"]
+
+
+def test_examples_are_listed_as_templates_with_thumbnails(server):
+    status, templates = server.request("/api/workflow_templates")
+    assert status == 200
+    names = sorted(os.path.splitext(os.path.basename(p))[0] for p in EXAMPLES)
+    assert sorted(templates["attend-and-excite"]) == names and len(names) == 2
+    for path in EXAMPLES:
+        assert os.path.getsize(path[:-len(".json")] + ".jpg") > 10_000, path
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
@@ -106,10 +100,19 @@ def test_tokenize_route(server):
     assert by_position[2] == "cat" and answer["tokens"][0]["kind"] == "start"
     sombrero = next(w for w in answer["words"] if w["text"] == "sombrero")
     assert len(sombrero["positions"]) > 1
-    assert [s["text"] for s in answer["automatic"]] == ["cat", "sombrero"]
+    assert [s["text"] for s in answer["automatic"]] == ["cat", "sombrero"] == [s["text"] for s in answer["chosen"]]
+    assert answer["error"] is None
 
 
-@pytest.mark.parametrize("body, status", [(b"{not json", 400), (b'{"text": 5}', 400), (b"{}", 400),
+def test_tokenize_route_resolves_the_subjects_field_as_the_node_does(server):
+    _, answer = server.request("/attend_excite/tokenize", {"text": "a cat and a frog", "subjects": "frog, 2"})
+    assert answer["chosen"] == [{"text": "frog", "positions": [5]}, {"text": "cat", "positions": [2]}]
+    _, answer = server.request("/attend_excite/tokenize", {"text": "a cat and a frog", "subjects": "dog"})
+    assert answer["chosen"] == [] and "'dog' is not a word of the prompt" in answer["error"]
+
+
+@pytest.mark.parametrize("body, status", [(b"{not json", 400), (b'{"text": 5}', 400), (b"{}", 400), (b"[1]", 400),
+                                          (b'{"text": "a", "subjects": 3}', 400),
                                           (b'{"text": "' + b"a" * 70000 + b'"}', 413)])
 def test_tokenize_route_rejects_bad_bodies(server, body, status):
     import urllib.error

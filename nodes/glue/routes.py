@@ -1,11 +1,12 @@
-"""The frontend's server route: a prompt's tokens, word groups and automatic subjects,
-from ComfyUI's bundled SD1 CLIP tokenizer (no model is loaded)."""
+"""The frontend's server route: a prompt's tokens, word groups, automatic subjects and
+the subjects a `subjects` field resolves to, from ComfyUI's bundled SD1 CLIP tokenizer
+(no model is loaded)."""
 import functools
 import json
 
 from aiohttp import web
 
-from ..core.tokens import PAD, PIECE, automatic_subjects, layout, words
+from ..core.tokens import PAD, PIECE, SubjectError, automatic_subjects, layout, resolve_subjects, words
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -16,15 +17,27 @@ def _tokenizer():
     return comfy.sd1_clip.SD1Tokenizer().clip_l
 
 
-def tokenize(text: str) -> dict:
+def _subject_list(subjects) -> list[dict]:
+    return [{"text": s.label, "positions": list(s.columns)} for s in subjects]
+
+
+def tokenize(text: str, subjects: str = "") -> dict:
+    """What the token picker shows; `chosen` is what the node will use, with `error`
+    holding the message the node would stop with."""
     tokenizer = _tokenizer()
     chunks = tokenizer.tokenize_with_weights(text)
     tokens, _ = layout(chunks, tokenizer.inv_vocab, tokenizer.start_token, tokenizer.end_token)
+    try:
+        chosen, error = _subject_list(resolve_subjects(subjects, tokens)), None
+    except SubjectError as problem:
+        chosen, error = [], str(problem)
     return {
         "tokens": [{"position": t.column, "text": t.text, "kind": t.kind} for t in tokens if t.kind != PAD],
         "words": [{"text": w.label, "positions": list(w.columns)} for w in words(tokens)
                   if all(tokens[c].kind == PIECE for c in w.columns)],
-        "automatic": [{"text": s.label, "positions": list(s.columns)} for s in automatic_subjects(tokens)],
+        "automatic": _subject_list(automatic_subjects(tokens)),
+        "chosen": chosen,
+        "error": error,
     }
 
 
@@ -33,12 +46,14 @@ async def tokenize_route(request: web.Request) -> web.Response:
     if len(body) > MAX_BODY_BYTES:
         return web.json_response({"error": f"the body is over {MAX_BODY_BYTES} bytes"}, status=413)
     try:
-        text = json.loads(body)["text"]
-        if not isinstance(text, str):
+        request_json = json.loads(body)
+        text, subjects = request_json["text"], request_json.get("subjects", "")
+        if not isinstance(text, str) or not isinstance(subjects, str):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
-        return web.json_response({"error": 'send JSON like {"text": "a cat and a frog"}'}, status=400)
-    return web.json_response(tokenize(text))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return web.json_response({"error": 'send JSON like {"text": "a cat and a frog", "subjects": "cat"}'},
+                                 status=400)
+    return web.json_response(tokenize(text, subjects))
 
 
 def register_routes():

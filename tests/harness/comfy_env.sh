@@ -26,7 +26,9 @@ fi
 venv=$env_dir/venv
 py=$venv/bin/python
 stamp=$env_dir/ready
-inputs_hash=$(cat "$0" "$repo/tests/requirements.txt" | sha1sum | cut -c1-16)
+inputs_hash=$(sha1sum < "$0" | cut -c1-16)
+test_stamp=$env_dir/test-requirements
+test_hash=$(sha1sum < "$repo/tests/requirements.txt" | cut -c1-16)
 
 log() { printf '[comfy_env] %s\n' "$*" >&2; }
 
@@ -52,7 +54,7 @@ PY
 
 build_env() {
     log "building $env_dir (a few minutes, once)"
-    rm -rf "$venv" "$stamp"
+    rm -rf "$venv" "$stamp" "$test_stamp"
     mkdir -p "$env_dir"
     python3 -m venv "$venv"
     "$py" -m pip install -q --upgrade pip
@@ -76,7 +78,6 @@ build_env() {
     local ta
     ta=$("$py" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torchaudio").origin))')
     sed -i 's/^_IS_TORCHAUDIO_EXT_AVAILABLE = _load_lib("_torchaudio")$/try:\n    _IS_TORCHAUDIO_EXT_AVAILABLE = _load_lib("_torchaudio")\nexcept OSError:\n    _IS_TORCHAUDIO_EXT_AVAILABLE = False/' "$ta/_extension/__init__.py"
-    "$py" -m pip install -q -c "$env_dir/constraints.txt" -r "$repo/tests/requirements.txt"
     (cd "$comfy" && "$py" -c 'from comfy.cli_args import args; args.cpu = True
 import utils.extra_config, server, comfy.sd, comfy.samplers, comfy.sample, nodes
 print("[comfy_env] ComfyUI imports")')
@@ -85,6 +86,11 @@ print("[comfy_env] ComfyUI imports")')
 
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$inputs_hash" || ! -x "$py" ]]; then
     build_env
+fi
+if [[ ! -f "$test_stamp" || "$(cat "$test_stamp")" != "$test_hash" ]]; then
+    log "installing the test requirements"
+    "$py" -m pip install -q -c "$env_dir/constraints.txt" -r "$repo/tests/requirements.txt"
+    printf '%s\n' "$test_hash" > "$test_stamp"
 fi
 
 export COMFYUI_DIR=$comfy

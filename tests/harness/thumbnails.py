@@ -1,0 +1,37 @@
+"""Template thumbnails and the README screenshot, from the browser tests' screenshots.
+
+    make thumbnails    (runs tests/test_browser.py, then this)
+
+Each example_workflows/<name>.json gets <name>.jpg: the workflow after a run on the
+random-weight mini checkpoint, as the browser showed it.
+"""
+import os
+import sys
+
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHOTS = os.path.join(os.environ.get("AE_TEST_OUTPUT", os.path.join(REPO, "out", "tests")), "browser")
+README_SCREENSHOT = os.path.join(REPO, "js", "docs", "screenshot.jpg")
+
+
+def save_jpeg(source: str, target: str, width: int):
+    with Image.open(source) as picture:
+        picture = picture.convert("RGB")
+        picture.thumbnail((width, width * 10), Image.Resampling.LANCZOS)
+        picture.save(target, quality=85, optimize=True)
+    print(f"{target} ({os.path.getsize(target) // 1024} KB)")
+
+
+def main():
+    examples = sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "example_workflows")) if f.endswith(".json"))
+    for name in examples:
+        shot = os.path.join(SHOTS, f"after-run-{name}.png")
+        if not os.path.exists(shot):
+            sys.exit(f"no screenshot {shot}: run tests/test_browser.py first")
+        save_jpeg(shot, os.path.join(REPO, "example_workflows", f"{name}.jpg"), 800)
+    save_jpeg(os.path.join(SHOTS, f"after-run-{examples[0]}.png"), README_SCREENSHOT, 1400)
+
+
+if __name__ == "__main__":
+    main()

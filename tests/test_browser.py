@@ -1,0 +1,197 @@
+"""The package in ComfyUI's real frontend (the one the server ships), in headless Chromium.
+
+Screenshots of every state land in out/tests/browser/ (or $AE_TEST_OUTPUT/browser).
+"""
+import json
+import os
+import pathlib
+
+import pytest
+
+from harness.browser import browser_page
+
+REPO = pathlib.Path(__file__).parent.parent
+EXAMPLES = sorted((REPO / "example_workflows").glob("*.json"))
+OUT = os.path.join(os.environ.get("AE_TEST_OUTPUT", REPO / "out" / "tests"), "browser")
+APP = "window.comfyAPI.app.app"
+OUR_SCRIPT = "/extensions/attend-and-excite/"
+
+
+@pytest.fixture(scope="module")
+def ui(server):
+    # Full-detail rendering when the view is zoomed out (readable screenshots), and no
+    # first-run templates dialog.
+    for setting, value in (("LiteGraph.Canvas.MinFontSizeForLOD", 1), ("Comfy.TutorialCompleted", True),
+                           ("Comfy.Minimap.Visible", False)):
+        assert server.request(f"/settings/{setting}", value)[0] == 200
+    with browser_page(OUT) as page:
+        page.page.goto(server.url)
+        page.page.wait_for_function(f"() => {APP}?.extensions?.some(e => e.name === 'attend_excite.token_picker')",
+                                    timeout=90_000)
+        page.page.wait_for_function(f"() => {APP}.canvas && {APP}.graph", timeout=90_000)
+        page.page.wait_for_timeout(1000)
+        page.screenshot("startup")
+        yield page
+        assert not page.blocked, f"the page tried to leave 127.0.0.1: {page.blocked}"
+
+
+def our_errors(page) -> list[str]:
+    """Uncaught page errors, and console errors raised from this package's scripts."""
+    return [e for e in page.errors if e.startswith("page error") or OUR_SCRIPT in e]
+
+
+def drop_workflow(page, path: pathlib.Path):
+    """Drops the file on the canvas as a user dragging it in from the desktop."""
+    page.page.evaluate("""([text, name]) => {
+        const files = new DataTransfer();
+        files.items.add(new File([text], name, {type: "application/json"}));
+        document.querySelector("canvas").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: files, bubbles: true, cancelable: true}));
+    }""", [path.read_text(), path.name])
+    expected = len(json.loads(path.read_text())["nodes"])
+    page.page.wait_for_function(f"(n) => {APP}.graph._nodes.length === n", arg=expected, timeout=30_000)
+
+
+def fit_view(page):
+    page.page.keyboard.press("Escape")
+    page.page.mouse.click(page.page.viewport_size["width"] - 300, page.page.viewport_size["height"] - 20)
+    page.page.keyboard.press(".")
+    page.page.wait_for_timeout(500)
+
+
+def graph_clip(page, margin: int = 16) -> dict:
+    """The screen rectangle around every node (titles included), for a tight screenshot."""
+    return page.page.evaluate(f"""(margin) => {{ const app = {APP}; const ds = app.canvas.ds;
+        const box = app.canvas.canvas.getBoundingClientRect(); const title = window.LiteGraph.NODE_TITLE_HEIGHT;
+        const xs = [], ys = [];
+        for (const n of app.graph._nodes) {{ xs.push(n.pos[0], n.pos[0] + n.size[0]); ys.push(n.pos[1] - title, n.pos[1] + n.size[1]); }}
+        const left = Math.max(box.left, box.left + (Math.min(...xs) + ds.offset[0]) * ds.scale - margin);
+        const top = Math.max(box.top, box.top + (Math.min(...ys) + ds.offset[1]) * ds.scale - margin);
+        const right = Math.min(box.right, box.left + (Math.max(...xs) + ds.offset[0]) * ds.scale + margin);
+        const bottom = Math.min(box.bottom, box.top + (Math.max(...ys) + ds.offset[1]) * ds.scale + margin);
+        return {{x: left, y: top, width: right - left, height: bottom - top}}; }}""", margin)
+
+
+def focus_node(page, node_id: int, scale: float = 1.2):
+    page.page.evaluate(f"""([id, scale]) => {{ const app = {APP}; const node = app.graph.getNodeById(id);
+        app.canvas.ds.scale = scale; app.canvas.ds.offset = [-node.pos[0] + 120, -node.pos[1] + 110];
+        app.canvas.setDirty(true, true); }}""", [node_id, scale])
+    page.page.wait_for_timeout(500)
+
+
+def node_of(page, type_name: str) -> int:
+    return page.page.evaluate(f"(t) => {APP}.graph._nodes.find(n => n.type === t).id", type_name)
+
+
+def widget_values(page, node_id: int) -> dict:
+    return page.page.evaluate(f"""(id) => Object.fromEntries({APP}.graph.getNodeById(id).widgets
+        .map(w => [w.name, w.value]))""", node_id)
+
+
+def chips(page) -> dict:
+    """The token picker's words: text (pieces joined) -> (positions, chosen, automatic)."""
+    return page.page.evaluate("""() => Object.fromEntries([...document.querySelectorAll(".ae-word")]
+        .filter(c => c.offsetParent !== null)
+        .map(c => [[...c.querySelectorAll(".ae-piece")].map(p => p.textContent).join("|"),
+                   [c.dataset.positions, c.classList.contains("ae-chosen"), c.classList.contains("ae-auto")]]))""")
+
+
+def test_extension_and_help_pages_load(ui):
+    assert ui.page.evaluate(f"() => {APP}.extensions.filter(e => e.name.startsWith('attend_excite')).length") == 1
+    for node_id in ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
+                    "AttendExciteHeatmapOverlay"):
+        page = ui.page.evaluate("async (url) => { const r = await fetch(url); return [r.status, await r.text()]; }",
+                                f"{OUR_SCRIPT}docs/{node_id}.md")
+        assert page[0] == 200 and page[1].startswith("# "), node_id
+    assert our_errors(ui) == []
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_dropping_each_example_shows_every_node_without_errors(ui, path):
+    drop_workflow(ui, path)
+    fit_view(ui)
+    ui.screenshot(f"example-{path.stem}", clip=graph_clip(ui))
+    nodes = ui.page.evaluate(f"""() => {APP}.graph._nodes.map(n => ({{type: n.type, known:
+        n.type in window.LiteGraph.registered_node_types, errors: !!n.has_errors}}))""")
+    saved = json.loads(path.read_text())["nodes"]
+    assert sorted(n["type"] for n in nodes) == sorted(n["type"] for n in saved)
+    assert all(n["known"] and not n["errors"] for n in nodes), nodes
+    for node in saved:           # every saved widget value landed in its widget and saves back unchanged
+        values = ui.page.evaluate(f"(id) => {APP}.graph.getNodeById(id).serialize().widgets_values", node["id"])
+        if node.get("widgets_values"):
+            assert values == node["widgets_values"], node["type"]
+    assert our_errors(ui) == []
+
+
+def test_token_picker_follows_typing_and_clicks_write_subjects(ui):
+    drop_workflow(ui, REPO / "example_workflows" / "attend_and_excite_sd15_custom_sampler.json")
+    encoder = node_of(ui, "AttendExciteTextEncode")
+    focus_node(ui, encoder)
+    assert widget_values(ui, encoder)["subjects"] == ""
+    ui.page.wait_for_function("() => [...document.querySelectorAll('.ae-word')].some(c => c.textContent.startsWith('crown'))")
+    assert chips(ui)["crown"] == ["5", True, True]          # automatic subjects, marked as such
+
+    editor = ui.page.evaluate_handle("""() => [...document.querySelectorAll("textarea")]
+        .find(t => t.value === "a dog with a crown")""").as_element()
+    editor.fill("")
+    editor.type("a photo of a giraffe and a sombrero")
+    ui.page.wait_for_function("() => [...document.querySelectorAll('.ae-word')].some(c => c.textContent.startsWith('giraffe'))",
+                              timeout=15_000)
+    words = chips(ui)
+    assert words["giraffe"] == ["5", True, True]
+    sombrero = next(k for k in words if k.replace("|", "") == "sombrero")
+    assert "|" in sombrero and words[sombrero][0] == "8+9" and words[sombrero][1]   # one chip, two pieces
+    assert words["photo"][1] is False and words["a"][1] is False
+    ui.screenshot("token-picker-typed")
+
+    def click(word):
+        ui.page.locator(".ae-word", has_text=word).first.click()
+        ui.page.wait_for_timeout(400)
+
+    click("giraffe")
+    assert widget_values(ui, encoder)["subjects"] == "sombrero"     # the automatic list, less the clicked word
+    click("giraffe")
+    click("sombrero")
+    assert widget_values(ui, encoder)["subjects"] == "giraffe"
+    ui.page.wait_for_function("() => document.querySelector('.ae-word.ae-chosen')?.textContent.startsWith('giraffe')")
+    assert chips(ui)["giraffe"] == ["5", True, False]
+    ui.screenshot("token-picker-clicked")
+
+    prompt = ui.page.evaluate(f"async () => await {APP}.graphToPrompt()")
+    assert prompt["output"][str(encoder)]["inputs"]["subjects"] == "giraffe"
+    assert "token_picker" not in prompt["output"][str(encoder)]["inputs"]
+    saved = next(n for n in prompt["workflow"]["nodes"] if n["id"] == encoder)
+    assert saved["widgets_values"] == ["a photo of a giraffe and a sombrero", "giraffe"]
+    assert our_errors(ui) == []
+
+
+# Per example: the node that shows the heatmaps, and every node whose run shows images.
+PREVIEWS = {"attend_and_excite_sd15.json": ("AttendExciteKSampler", {
+                "AttendExciteKSampler": 2, "AttendExciteHeatmapOverlay": 2, "PreviewImage": 1, "SaveImage": 1}),
+            "attend_and_excite_sd15_custom_sampler.json": ("AttendExciteHeatmaps", {
+                "AttendExciteHeatmaps": 2, "AttendExciteHeatmapOverlay": 2, "SaveImage": 1})}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_queueing_the_example_shows_the_heatmaps_on_the_node(ui, mini_checkpoint, path):
+    _, checkpoint = mini_checkpoint
+    shows_heatmaps, image_counts = PREVIEWS[path.name]
+    drop_workflow(ui, path)
+    ui.page.evaluate(f"""(checkpoint) => {{ for (const node of {APP}.graph._nodes) for (const w of node.widgets ?? []) {{
+        if (w.name === "ckpt_name") w.value = checkpoint;
+        if (w.name === "steps") w.value = 6;
+        if (w.name === "width" || w.name === "height") w.value = 128;
+    }} }}""", checkpoint)
+    ui.page.get_by_role("button", name="Run", exact=True).click()
+    ui.page.wait_for_function(f"""(counts) => {APP}.graph._nodes.every(n => !(n.type in counts)
+        || n.imgs?.length === counts[n.type] && n.imgs.every(i => i.complete && i.naturalWidth > 0))""",
+                              arg=image_counts, timeout=300_000)
+    heatmaps = node_of(ui, shows_heatmaps)
+    previews = ui.page.evaluate(f"""(id) => {APP}.graph.getNodeById(id).imgs.map(i =>
+        [new URL(i.src).searchParams.get("type"), i.naturalWidth, i.naturalHeight])""", heatmaps)
+    assert previews == [["temp", 128, 128], ["temp", 128, 128]]        # one tile per subject, image-sized
+    fit_view(ui)
+    ui.screenshot(f"after-run-{path.stem}", clip=graph_clip(ui))
+    focus_node(ui, heatmaps, scale=1.0)
+    ui.screenshot(f"heatmaps-on-node-{path.stem}")
+    assert our_errors(ui) == []
