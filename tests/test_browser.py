@@ -9,6 +9,7 @@ import pathlib
 import pytest
 
 from harness.browser import browser_page
+from harness.workflow import to_api
 
 REPO = pathlib.Path(__file__).parent.parent
 EXAMPLES = sorted((REPO / "example_workflows").glob("*.json"))
@@ -107,7 +108,7 @@ def test_extension_and_help_pages_load(ui):
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_dropping_each_example_shows_every_node_without_errors(ui, path):
+def test_dropping_each_example_shows_every_node_without_errors(ui, object_info, path):
     drop_workflow(ui, path)
     fit_view(ui)
     ui.screenshot(f"example-{path.stem}", clip=graph_clip(ui))
@@ -120,6 +121,16 @@ def test_dropping_each_example_shows_every_node_without_errors(ui, path):
         values = ui.page.evaluate(f"(id) => {APP}.graph.getNodeById(id).serialize().widgets_values", node["id"])
         if node.get("widgets_values"):
             assert values == node["widgets_values"], node["type"]
+    # The tests' converter gives the API prompt that the frontend itself exports (less the
+    # values of frontend-only widgets, such as PreviewAny's display, which the server ignores).
+    exported = ui.page.evaluate(f"async () => (await {APP}.graphToPrompt()).output")
+    converted = to_api(json.loads(path.read_text()), object_info)
+
+    def declared(node):
+        spec = object_info[node["class_type"]]["input"]
+        names = {**spec.get("required", {}), **spec.get("optional", {})}
+        return node["class_type"], {k: v for k, v in node["inputs"].items() if k in names}
+    assert {k: declared(v) for k, v in exported.items()} == {k: declared(v) for k, v in converted.items()}
     assert our_errors(ui) == []
 
 

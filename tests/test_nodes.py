@@ -32,6 +32,14 @@ def clip():
     return support.tiny_clip(seed=2)
 
 
+@pytest.fixture(scope="module")
+def cat_and_frog(clip):
+    """(positive, negative): 'a cat and a frog' with subjects cat and frog, and an empty prompt."""
+    with torch.inference_mode():
+        positive = AttendExciteTextEncode.execute(clip, "a cat and a frog", "cat, frog").result[0]
+        return positive, nodes.CLIPTextEncode().encode(clip, "")[0]
+
+
 def test_schemas_describe_every_node_and_input():
     import asyncio
     node_list = asyncio.run(AttendExciteExtension().get_node_list())
@@ -71,12 +79,11 @@ def test_validation_names_the_bad_field():
     assert "token_indices" in AttendExciteKSampler.validate_inputs("", "2,x")
 
 
-def test_ksampler_node_zero_scale_equals_stock_and_logs(clip):
+def test_ksampler_node_zero_scale_equals_stock_and_logs(cat_and_frog):
     model = support.tiny_sd15(seed=1, config=dict(support.TINY_UNET))
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    positive, negative = cat_and_frog
     with torch.inference_mode():
-        positive = AttendExciteTextEncode.execute(clip, "a cat and a frog", "cat, frog").result[0]
-        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
         off = named(AttendExciteKSampler, AttendExciteKSampler.execute(
             model, 3, 10, 6.0, "dpmpp_2m", "karras", positive, negative, latent, 1.0, **dict(GUIDANCE, scale_factor=0.0)))
         stock = nodes.common_ksampler(model, 3, 10, 6.0, "dpmpp_2m", "karras", positive, negative, latent)[0]
@@ -144,11 +151,9 @@ def ksampler_run(model, positive, negative, latent, **changes):
                                             **dict(GUIDANCE, **changes))
 
 
-def test_ksampler_heatmaps_are_the_maps_the_loss_used_and_preview_on_the_node(clip):
+def test_ksampler_heatmaps_are_the_maps_the_loss_used_and_preview_on_the_node(cat_and_frog):
     model = support.tiny_sd15(seed=1, config=dict(support.TINY_UNET))
-    with torch.inference_mode():
-        positive = AttendExciteTextEncode.execute(clip, "a cat and a frog", "cat, frog").result[0]
-        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+    positive, negative = cat_and_frog
     output = ksampler_run(model, positive, negative, {"samples": torch.zeros(2, 4, 8, 8)}, heatmap_step=3)
     result = named(AttendExciteKSampler, output)
     record = result["attention"]
@@ -162,13 +167,12 @@ def test_ksampler_heatmaps_are_the_maps_the_loss_used_and_preview_on_the_node(cl
     assert json.loads(result["log"])["subjects"] == ["cat", "frog"]
 
 
-def test_sampler_node_fills_its_record_for_the_heatmaps_node_as_the_ksampler_does(clip):
+def test_sampler_node_fills_its_record_for_the_heatmaps_node_as_the_ksampler_does(cat_and_frog):
     import comfy.sample
     model = support.tiny_sd15(seed=1, config=dict(support.TINY_UNET))
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    positive, negative = cat_and_frog
     with torch.inference_mode():
-        positive = AttendExciteTextEncode.execute(clip, "a cat and a frog", "cat, frog").result[0]
-        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
         sampler, record = AttendExciteSampler.execute("euler", **GUIDANCE).result
         with pytest.raises(ValueError, match="no guided step was recorded"):
             AttendExciteHeatmaps.execute(record, latent, 0)
@@ -183,11 +187,9 @@ def test_sampler_node_fills_its_record_for_the_heatmaps_node_as_the_ksampler_doe
     assert shown["log"] == direct["log"]
 
 
-def test_overlay_node_blends_the_record_over_the_images(clip):
+def test_overlay_node_blends_the_record_over_the_images(cat_and_frog):
     model = support.tiny_sd15(seed=1, config=dict(support.TINY_UNET))
-    with torch.inference_mode():
-        positive = AttendExciteTextEncode.execute(clip, "a cat and a frog", "cat, frog").result[0]
-        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+    positive, negative = cat_and_frog
     record = named(AttendExciteKSampler, ksampler_run(model, positive, negative,
                                                       {"samples": torch.zeros(1, 4, 16, 16)}))["attention"]
     image = torch.rand(1, 128, 128, 3)

@@ -10,9 +10,9 @@ import comfy.sample
 import comfy.samplers
 import nodes
 import support
+from attend_and_excite.nodes.core.record import AttentionRecord
 from attend_and_excite.nodes.glue.guidance import GuidancePass
 from attend_and_excite.nodes.glue.recorder import AttentionRecorder, blocks_at_level, cross_attention_blocks
-from attend_and_excite.nodes.core.record import AttentionRecord
 from attend_and_excite.nodes.glue.sampler import Settings, attend_excite_sampler
 
 SUBJECTS = {"attend_excite": {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}}
@@ -104,8 +104,9 @@ def test_batch_rows_are_guided_independently(model):
         pos, neg = conds()
         with torch.inference_mode():
             sigmas = comfy.samplers.KSampler(model, steps=6, device="cpu", sampler="euler", scheduler="normal").sigmas
-            alone = comfy.sample.sample_custom(model, noise[row:row + 1], 5.0, attend_excite_sampler("euler", FORCED, []),
-                                               sigmas, pos, neg, latent[row:row + 1], seed=7, disable_pbar=True)
+            sampler = attend_excite_sampler("euler", FORCED, AttentionRecord())
+            alone = comfy.sample.sample_custom(model, noise[row:row + 1], 5.0, sampler, sigmas, pos, neg,
+                                               latent[row:row + 1], seed=7, disable_pbar=True)
         assert torch.allclose(both[row:row + 1], alone, atol=1e-4, rtol=1e-4)
 
 
