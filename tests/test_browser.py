@@ -14,7 +14,7 @@ from harness.workflow import to_api
 REPO = pathlib.Path(__file__).parent.parent
 EXAMPLES = sorted((REPO / "example_workflows").glob("*.json"))
 OUT = os.path.join(os.environ.get("AE_TEST_OUTPUT", REPO / "out" / "tests"), "browser")
-APP = "window.comfyAPI.app.app"
+APP = "(window.comfyAPI?.app?.app ?? window.app)"
 OUR_SCRIPT = "/extensions/attend-and-excite/"
 
 
@@ -27,9 +27,10 @@ def ui(server):
         assert server.request(f"/settings/{setting}", value)[0] == 200
     with browser_page(OUT) as page:
         page.page.goto(server.url)
-        page.page.wait_for_function(f"() => {APP}?.extensions?.some(e => e.name === 'attend_excite.token_picker')",
+        # Newer frontends throw from app.extensions until their stores are up: keep polling.
+        page.page.wait_for_function(f"""() => {{ try {{ return {APP}.extensions.some(e => e.name ===
+            'attend_excite.token_picker') && {APP}.canvas && {APP}.graph; }} catch {{ return false; }} }}""",
                                     timeout=90_000)
-        page.page.wait_for_function(f"() => {APP}.canvas && {APP}.graph", timeout=90_000)
         page.page.wait_for_timeout(1000)
         page.screenshot("startup")
         yield page
@@ -116,7 +117,9 @@ def test_dropping_each_example_shows_every_node_without_errors(ui, object_info, 
         n.type in window.LiteGraph.registered_node_types, errors: !!n.has_errors}}))""")
     saved = json.loads(path.read_text())["nodes"]
     assert sorted(n["type"] for n in nodes) == sorted(n["type"] for n in saved)
-    assert all(n["known"] and not n["errors"] for n in nodes), nodes
+    assert all(n["known"] for n in nodes), nodes
+    # Newer frontends flag the loader, whose v1-5-pruned-emaonly.safetensors is absent here on purpose.
+    assert [n for n in nodes if n["errors"] and n["type"] != "CheckpointLoaderSimple"] == []
     for node in saved:           # every saved widget value landed in its widget and saves back unchanged
         values = ui.page.evaluate(f"(id) => {APP}.graph.getNodeById(id).serialize().widgets_values", node["id"])
         if node.get("widgets_values"):
@@ -171,8 +174,8 @@ def test_token_picker_follows_typing_and_clicks_write_subjects(ui):
     prompt = ui.page.evaluate(f"async () => await {APP}.graphToPrompt()")
     assert prompt["output"][str(encoder)]["inputs"]["subjects"] == "giraffe"
     assert "token_picker" not in prompt["output"][str(encoder)]["inputs"]
-    saved = next(n for n in prompt["workflow"]["nodes"] if n["id"] == encoder)
-    assert saved["widgets_values"] == ["a photo of a giraffe and a sombrero", "giraffe"]
+    saved = ui.page.evaluate(f"(id) => {APP}.graph.getNodeById(id).serialize().widgets_values", encoder)
+    assert saved == ["a photo of a giraffe and a sombrero", "giraffe"]
     assert our_errors(ui) == []
 
 
@@ -193,7 +196,7 @@ def test_queueing_the_example_shows_the_heatmaps_on_the_node(ui, mini_checkpoint
         if (w.name === "steps") w.value = 6;
         if (w.name === "width" || w.name === "height") w.value = 128;
     }} }}""", checkpoint)
-    ui.page.get_by_role("button", name="Run", exact=True).click()
+    ui.page.get_by_role("button", name="Run", exact=True).first.click()    # the queue button
     ui.page.wait_for_function(f"""(counts) => {APP}.graph._nodes.every(n => !(n.type in counts)
         || n.imgs?.length === counts[n.type] && n.imgs.every(i => i.complete && i.naturalWidth > 0))""",
                               arg=image_counts, timeout=300_000)
