@@ -33,6 +33,7 @@ def attention_outputs(with_record: bool = True) -> list:
 def attention_results(cls, record: AttentionRecord, latent: dict, heatmap_step: int) -> tuple[list, ui.PreviewImage]:
     """The values of attention_outputs() and the on-node preview of the heatmaps."""
     batch, _, height, width = latent["samples"].shape[:4]
+    batch = record.maps[0].shape[0] if record.maps else batch
     heatmaps = heatmap_views(record, batch, height * VAE_SCALE, width * VAE_SCALE, heatmap_step)
     return [heatmaps, peak_chart(record, batch), record, record.to_json()], ui.PreviewImage(heatmaps, cls=cls)
 

@@ -185,6 +185,9 @@ def test_sampler_node_fills_its_record_for_the_heatmaps_node_as_the_ksampler_doe
     assert torch.equal(shown["heatmaps"], direct["heatmaps"])
     assert torch.equal(shown["peak_plot"], direct["peak_plot"])
     assert shown["log"] == direct["log"]
+    other_latent = {"samples": torch.zeros(3, 4, 8, 8)}
+    other_batch = named(AttendExciteHeatmaps, AttendExciteHeatmaps.execute(record, other_latent, 0))
+    assert other_batch["heatmaps"].shape[0] == 2 and other_batch["peak_plot"].shape[0] == 1   # the record's batch
 
 
 def test_overlay_node_blends_the_record_over_the_images(cat_and_frog):
