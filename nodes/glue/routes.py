@@ -50,7 +50,7 @@ async def tokenize_route(request: web.Request) -> web.Response:
         text, subjects = request_json["text"], request_json.get("subjects", "")
         if not isinstance(text, str) or not isinstance(subjects, str):
             raise TypeError
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError):
         return web.json_response({"error": 'send JSON like {"text": "a cat and a frog", "subjects": "cat"}'},
                                  status=400)
     return web.json_response(tokenize(text, subjects))
