@@ -9,7 +9,6 @@ that the pipeline runs. Images and the per-step log land in the folder it prints
 import argparse
 import json
 import os
-import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -74,18 +73,17 @@ def main():
         result = server.run_prompt(example_prompt(object_info, checkpoint, args.steps, args.size), timeout=3600)
     if result["status"]["status_str"] != "success":
         sys.exit("the workflow failed: " + json.dumps(result["status"])[:3000])
-    images = [os.path.join(base, "output", image.get("subfolder", ""), image["filename"])
-              for output in result["outputs"].values() for image in output.get("images", [])
-              if image.get("type") == "output"]
+    images = [os.path.join(base, image["type"], image.get("subfolder", ""), image["filename"])
+              for output in result["outputs"].values() for image in output.get("images", [])]
     log = next(output["text"][0] for output in result["outputs"].values() if "text" in output)
     with open(os.path.join(base, "attend_excite_log.json"), "w") as f:
         f.write(log)
     steps = json.loads(log)["steps"]
-    print(f"Done: {len(images)} images and the log of {len(steps)} guided steps in {base}")
+    print(f"Done: {len(images)} images (saved images in output/; heatmaps, overlays and the peak plot in temp/) "
+          f"and the log of {len(steps)} guided steps in {base}")
     for image in images:
         print("  " + image)
     print("  " + os.path.join(base, "attend_excite_log.json"))
-    shutil.rmtree(os.path.join(base, "temp"), ignore_errors=True)
 
 
 if __name__ == "__main__":
