@@ -1,6 +1,6 @@
 # The two entry points of the README. Both build the test environment once
 # (a venv with ComfyUI 0.3.75, or the tree in COMFYUI_DIR) under .comfy/.
-.PHONY: example test thumbnails
+.PHONY: example test thumbnails benchmark
 
 example:
 	bash tests/harness/comfy_env.sh python tests/harness/run_example.py $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
@@ -12,3 +12,7 @@ test:
 thumbnails:
 	bash tests/harness/comfy_env.sh python -m pytest -q -p no:cacheprovider tests/test_browser.py
 	bash tests/harness/comfy_env.sh python tests/harness/thumbnails.py
+
+# Plain KSampler against Attend-and-Excite: time, ratio, peak memory, per-part profile (see the README).
+benchmark:
+	bash tests/harness/comfy_env.sh python tests/harness/benchmark.py

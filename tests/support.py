@@ -18,13 +18,13 @@ def comfy_dir() -> str:
     return path
 
 
-def import_comfy():
-    """ComfyUI on sys.path, on the CPU; `utils` and `server` before `nodes`, as main.py does."""
+def import_comfy(cpu: bool = True):
+    """ComfyUI on sys.path (on the CPU unless told); `utils` and `server` before `nodes`, as main.py does."""
     path = comfy_dir()
     if path not in sys.path:
         sys.path.insert(0, path)
     from comfy.cli_args import args
-    args.cpu = True
+    args.cpu = cpu
     import utils.extra_config  # noqa: F401  (must precede `nodes`, which shadows `utils`)
     import comfy.model_management  # noqa: F401
     import nodes  # noqa: F401

@@ -11,8 +11,9 @@ import comfy.samplers
 import nodes
 import support
 from attend_and_excite.nodes.core.record import AttentionRecord
-from attend_and_excite.nodes.glue.guidance import GuidancePass
-from attend_and_excite.nodes.glue.recorder import AttentionRecorder, blocks_at_level, cross_attention_blocks
+from attend_and_excite.nodes.glue.guidance import GuidancePass, autograd_weights
+from attend_and_excite.nodes.glue.recorder import (AttentionRecorder, blocks_at_level, cross_attention_blocks,
+                                                   modules_through)
 from attend_and_excite.nodes.glue.sampler import Settings, attend_excite_sampler
 
 SUBJECTS = {"attend_excite": {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}}
@@ -53,6 +54,20 @@ def test_blocks_of_the_sd15_topology_at_latent_over_4():
     assert found == [("input", 7), ("input", 8), ("output", 3), ("output", 4), ("output", 5)]
     middle = [b for b in cross_attention_blocks(model.model.diffusion_model) if b.name == "middle"]
     assert middle[0].level == 3
+
+
+def test_only_the_modules_the_truncated_pass_runs_get_autograd_weights():
+    with torch.inference_mode():
+        model = support.tiny_sd15(config=support.SD15_TOPOLOGY)
+    unet = model.model.diffusion_model
+    last = blocks_at_level(unet, 2)[-1]
+    ran = modules_through(unet, last)
+    assert ran == [unet.time_embed, *unet.input_blocks, unet.middle_block, *unet.output_blocks[:6]]
+    skipped = [*unet.output_blocks[6:], unet.out]
+    with autograd_weights(ran):
+        assert not any(p.is_inference() for m in ran for p in m.parameters())
+        assert all(p.is_inference() for m in skipped for p in m.parameters())
+    assert all(p.is_inference() for p in unet.parameters())
 
 
 def test_guidance_pass_records_the_level_maps_and_has_a_gradient():

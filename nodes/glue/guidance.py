@@ -12,8 +12,8 @@ from .recorder import AttentionRecorder, ForwardDone
 
 
 @contextlib.contextmanager
-def autograd_weights(module: torch.nn.Module):
-    """Makes inference-tensor weights usable by autograd until exit.
+def autograd_weights(modules: list[torch.nn.Module]):
+    """Makes the inference-tensor weights of `modules` usable by autograd until exit.
 
     ComfyUI loads models under torch.inference_mode(), and autograd cannot save
     inference tensors for backward. Each one is swapped for a normal copy (this
@@ -22,7 +22,7 @@ def autograd_weights(module: torch.nn.Module):
     swapped = []
     try:
         with torch.inference_mode(False):
-            for owner in module.modules():
+            for owner in (o for module in modules for o in module.modules()):
                 for store in (owner._parameters, owner._buffers):
                     for name, tensor in store.items():
                         if tensor is not None and tensor.is_inference():

@@ -45,6 +45,16 @@ def cross_attention_blocks(diffusion_model) -> list[Block]:
     return blocks
 
 
+def modules_through(diffusion_model, last: Block) -> list[torch.nn.Module]:
+    """The modules that a forward stopped right after `last` runs; the later blocks and
+    the output head are left out."""
+    inputs, outputs = list(diffusion_model.input_blocks), list(diffusion_model.output_blocks)
+    ran = {"input": inputs[:last.number + 1], "middle": inputs + [diffusion_model.middle_block],
+           "output": inputs + [diffusion_model.middle_block] + outputs[:last.number + 1]}[last.name]
+    after = {"input_blocks", "middle_block", "output_blocks", "out", "id_predictor"}
+    return [m for name, m in diffusion_model.named_children() if name not in after] + ran
+
+
 def blocks_at_level(diffusion_model, level: int) -> list[Block]:
     found = [b for b in cross_attention_blocks(diffusion_model) if b.level == level]
     if not found:

@@ -20,7 +20,7 @@ from ..core.record import AttentionRecord
 from ..core.schedule import Schedule, build_schedule
 from .family import detect_family
 from .guidance import GuidancePass, autograd_weights
-from .recorder import AttentionRecorder, blocks_at_level
+from .recorder import AttentionRecorder, blocks_at_level, modules_through
 from .text import SUBJECTS_KEY
 
 # Evaluations that some samplers make at a later step's own sigma before that step
@@ -98,7 +98,8 @@ class GuidedRun:
         self.record = record
         self.weights = contextlib.ExitStack()
         self.weights_swapped = False
-        self.diffusion_model = base_model.diffusion_model
+        # Only what the truncated guidance forward runs needs weights that autograd can save.
+        self.guided_modules = modules_through(base_model.diffusion_model, recorder.blocks[-1])
 
     def before_model_call(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
         if self.pending:
@@ -132,7 +133,7 @@ class GuidedRun:
         while self.sampler_name in OWN_GRID and self.pending and self.sigmas[self.pending[0]] >= level:
             self.pending.pop(0)
         if not self.weights_swapped:
-            self.weights.enter_context(autograd_weights(self.diffusion_model))
+            self.weights.enter_context(autograd_weights(self.guided_modules))
             self.weights_swapped = True
         s = self.schedule
         step_size = s.step_sizes[step] * (1.0 + level ** 2)

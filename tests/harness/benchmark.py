@@ -1,0 +1,217 @@
+"""Plain KSampler against KSampler (Attend-and-Excite) on one model, seed and sampler.
+
+    make benchmark            (or: python tests/harness/benchmark.py [--out DIR] [--no-reference])
+
+Each configuration runs in its own process (so that peak memory is its own): one
+warm-up call, two timed calls (the faster counts), then one call with per-part timers. On a GPU: the SD1.5
+shape at 512 px, 50 steps, fp16, random weights (they cost what real ones do), and
+../shared/bench/anchor_diffusers.py in the same call for the reference's figures. On
+the CPU: a small SD1.x-topology model at 256 px, 20 steps, fp32, so that it finishes in
+minutes. Writes result.json and table.md to the output folder and prints the table.
+"""
+import argparse
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from harness.server import REPO  # noqa: E402
+
+DEFAULT_THRESHOLDS = "0:0.05, 10:0.5, 20:0.8"
+CONFIGS = {  # name -> refinement thresholds (None: the stock KSampler)
+    "plain KSampler": None,
+    "A&E, no refinement": "",
+    "A&E, default thresholds": DEFAULT_THRESHOLDS,
+    "A&E, forced 3 x 20 refinement": "0:1.0, 10:1.0, 20:1.0",
+}
+REFERENCE = os.path.join(os.path.dirname(REPO), "shared", "bench", "anchor_diffusers.py")
+SEED, CFG, SAMPLER = 1, 7.5, "euler"
+TIMED_CALLS = 2     # the faster one counts: these machines are noisy
+
+
+def shape(cuda: bool) -> dict:
+    import torch
+    from support import SD15_TOPOLOGY
+    if cuda:   # SD1.4/1.5: 320 channels, 8 heads, context 768
+        return dict(unet=dict(SD15_TOPOLOGY, model_channels=320, context_dim=768, dtype=torch.float16),
+                    size=512, steps=50, dtype=torch.float16)
+    return dict(unet=dict(SD15_TOPOLOGY, model_channels=64, context_dim=768), size=256, steps=20,
+                dtype=torch.float32)
+
+
+class PartTimer:
+    """Wall time of named parts, synchronising the GPU around each."""
+
+    def __init__(self, cuda: bool):
+        import torch
+        self.sync = torch.cuda.synchronize if cuda else (lambda: None)
+        self.seconds = {}
+
+    @contextlib.contextmanager
+    def part(self, name):
+        self.sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def wrap(self, name, function):
+        def timed(*args, **kwargs):
+            with self.part(name):
+                return function(*args, **kwargs)
+        return timed
+
+
+@contextlib.contextmanager
+def profiled(timer: PartTimer):
+    """Times the package's own parts by wrapping them (no ComfyUI internals touched)."""
+    from attend_and_excite.nodes.core import excite as excite_module
+    from attend_and_excite.nodes.core.maps import SubjectScorer
+    from attend_and_excite.nodes.glue import guidance, recorder, sampler
+    originals = [(excite_module, "_descend"), (guidance.GuidancePass, "evaluate"), (SubjectScorer, "maps"),
+                 (recorder.AttentionRecorder, "_patch"), (sampler, "autograd_weights")]
+    saved = [(owner, name, getattr(owner, name)) for owner, name in originals]
+    excite_module._descend = timer.wrap("backward and update", excite_module._descend)
+    guidance.GuidancePass.evaluate = timer.wrap("guidance forward (with maps)", guidance.GuidancePass.evaluate)
+    SubjectScorer.maps = timer.wrap("subject maps (sharpen, smooth)", SubjectScorer.maps)
+    patch = recorder.AttentionRecorder._patch
+    recorder.AttentionRecorder._patch = lambda self, previous, is_last: timer.wrap(
+        "explicit softmax on recorded blocks", patch(self, previous, is_last))
+    swap = sampler.autograd_weights
+
+    @contextlib.contextmanager
+    def timed_swap(modules):
+        with timer.part("weight preparation"):
+            context = swap(modules)
+            context.__enter__()
+        try:
+            yield
+        finally:
+            with timer.part("weight preparation"):
+                context.__exit__(None, None, None)
+    sampler.autograd_weights = timed_swap
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+def run_config(name: str) -> dict:
+    import torch
+    import support
+    support.import_comfy(cpu=not torch.cuda.is_available())
+    support.import_package()
+    import comfy.model_management
+    import comfy.utils
+    import nodes
+    from attend_and_excite.nodes.ksampler import AttendExciteKSampler
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    cuda = torch.cuda.is_available()
+    setup = shape(cuda)
+    with torch.inference_mode():      # as ComfyUI's loader: the weights are inference tensors
+        model = support.tiny_sd15(seed=0, config=setup["unet"])
+    subjects = {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}
+    context = setup["unet"]["context_dim"]
+    positive = support.random_conditioning(1, context_dim=context, attend_excite=subjects)
+    negative = support.random_conditioning(2, context_dim=context)
+    latent = {"samples": torch.zeros(1, 4, setup["size"] // 8, setup["size"] // 8)}
+    thresholds = CONFIGS[name]
+
+    def sample():
+        with torch.inference_mode():
+            if thresholds is None:
+                return nodes.common_ksampler(model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive,
+                                             negative, latent)[0]
+            return AttendExciteKSampler.execute(
+                model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive, negative, latent, 1.0,
+                steps_to_alter=25, thresholds=thresholds, max_refinement=20, scale_factor=20.0, scale_start=1.0,
+                scale_end=0.5, smoothing_kernel=3, smoothing_sigma=0.5, schedule_steps=50).result[0]
+
+    sample()                                   # warm-up: loads the model, builds kernels
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    seconds = []
+    for _ in range(TIMED_CALLS):
+        timer = PartTimer(cuda)
+        with timer.part("total"):
+            sample()
+        seconds.append(timer.seconds["total"])
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    parts = PartTimer(cuda)
+    if thresholds is not None:
+        with profiled(parts), parts.part("total"):
+            sample()
+    return {"seconds": min(seconds), "peak_gib": peak / 2 ** 30 if cuda else None,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,   # ru_maxrss: KiB
+            "parts": parts.seconds,
+            "device": torch.cuda.get_device_name() if cuda else "cpu",
+            "shape": {"size": setup["size"], "steps": setup["steps"], "channels": setup["unet"]["model_channels"],
+                      "dtype": str(setup["dtype"]).replace("torch.", ""), "sampler": SAMPLER, "cfg": CFG}}
+
+
+def run_in_process(name: str) -> dict:
+    """One configuration in a fresh process: its own peak memory (GPU allocator, or RSS)."""
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--config", name], capture_output=True,
+                          text=True, cwd=REPO)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(results: dict, reference: str | None) -> str:
+    plain = results["plain KSampler"]["seconds"]
+    first = next(iter(results.values()))
+    lines = [f"device: {first['device']}; shape: {json.dumps(first['shape'])}", "",
+             "| configuration | s / image | x plain | peak GiB (GPU allocated) | peak RSS GiB |", "|---|---|---|---|---|"]
+    for name, row in results.items():
+        gpu = f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "-"
+        rss = f"{row['peak_rss_gib']:.2f}"
+        lines.append(f"| {name} | {row['seconds']:.2f} | {row['seconds'] / plain:.2f} | {gpu} | {rss} |")
+    for name, row in results.items():
+        if row["parts"]:
+            total = row["parts"]["total"]
+            parts = ", ".join(f"{part} {seconds:.2f} s ({seconds / total:.0%})"
+                              for part, seconds in row["parts"].items() if part != "total")
+            lines.append(f"\n{name}, profiled run ({total:.2f} s): {parts}; the rest is plain sampling.")
+    if reference:
+        lines += ["", "Reference (diffusers, ../shared/bench/anchor_diffusers.py, same call):", "", reference]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=os.path.join(REPO, "out", "benchmark"))
+    parser.add_argument("--no-reference", action="store_true", help="skip the diffusers reference on a GPU")
+    args = parser.parse_args()
+    if args.config:
+        print(json.dumps(run_config(args.config)))
+        return
+    results = {name: run_in_process(name) for name in CONFIGS}
+    reference = None
+    if results["plain KSampler"]["device"] != "cpu" and not args.no_reference and os.path.exists(REFERENCE):
+        os.makedirs(args.out, exist_ok=True)
+        done = subprocess.run([sys.executable, REFERENCE], capture_output=True, text=True,
+                              env={**os.environ, "OUT": args.out})
+        reference = done.stdout.strip() if done.returncode == 0 else f"failed: {done.stderr[-2000:]}"
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "result.json"), "w") as f:
+        json.dump({"results": results, "reference": reference}, f, indent=1)
+    text = table(results, reference)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
