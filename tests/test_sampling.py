@@ -11,7 +11,7 @@ import comfy.samplers
 import nodes
 import support
 from attend_and_excite.nodes.core.record import AttentionRecord
-from attend_and_excite.nodes.glue.guidance import GuidancePass, autograd_weights
+from attend_and_excite.nodes.glue.guidance import GuidancePass, autograd_weights, with_backward_attention
 from attend_and_excite.nodes.glue.recorder import (AttentionRecorder, blocks_at_level, cross_attention_blocks,
                                                    modules_through)
 from attend_and_excite.nodes.glue.sampler import Settings, attend_excite_sampler
@@ -70,6 +70,21 @@ def test_only_the_modules_the_truncated_pass_runs_get_autograd_weights():
     assert all(p.is_inference() for p in unet.parameters())
 
 
+def test_guidance_pass_routes_backends_without_backward_to_sdpa():
+    import comfy.ldm.modules.attention as attention
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 16, 64, requires_grad=True) for _ in range(3))
+    seen = []
+    options = with_backward_attention({"transformer_options": {"optimized_attention_override": lambda f, *a, **kw: (
+        seen.append(f.__name__), f(*a, **kw))[1]}})
+    override = options["transformer_options"]["optimized_attention_override"]
+    routed = override(attention.attention_sage, q, k, v, 8)
+    assert torch.equal(routed, attention.attention_pytorch(q, k, v, 8))
+    assert torch.equal(override(attention.attention_basic, q, k, v, 8), attention.attention_basic(q, k, v, 8))
+    assert seen == ["attention_pytorch", "attention_basic"]   # sage swapped; an existing override still applies
+    torch.autograd.grad(routed.sum(), q)
+
+
 def test_guidance_pass_records_the_level_maps_and_has_a_gradient():
     import comfy.conds
     model = support.tiny_sd15(config=support.SD15_TOPOLOGY)
@@ -79,9 +94,15 @@ def test_guidance_pass_records_the_level_maps_and_has_a_gradient():
     guidance = GuidancePass(model.model, entry, [[2], [5]], 77, [6], False, recorder, 3, 0.5)
     model.model.current_patcher = model     # as sampling's preparation sets it
     x = torch.randn(1, 4, 32, 32) * 14.6
+    seen = []
+    options = {**model.model_options, "transformer_options": {"optimized_attention_override": lambda f, *a, **kw: (
+        seen.append(f.__name__), f(*a, **kw))[1]}}
     with torch.enable_grad():
-        leaf, loss, peaks = guidance.evaluate(x, torch.tensor([14.6]), model.model_options)
+        leaf, loss, peaks = guidance.evaluate(x, torch.tensor([14.6]), options)
         (grad,) = torch.autograd.grad(loss.sum(), leaf)
+    user_override = options["transformer_options"]["optimized_attention_override"]
+    assert guidance.model_options["transformer_options"]["optimized_attention_override"] is not user_override
+    assert seen                                  # ours wraps the user's override, which still applies
     assert recorder.recorded == [(("input", 7), 0, (8, 8)), (("input", 8), 0, (8, 8)), (("output", 3), 0, (8, 8)),
                                  (("output", 4), 0, (8, 8)), (("output", 5), 0, (8, 8))]
     assert peaks.shape == (1, 2) and 0 < loss.item() <= 1

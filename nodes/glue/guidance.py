@@ -4,6 +4,7 @@ import contextlib
 
 import torch
 
+import comfy.ldm.modules.attention
 import comfy.samplers
 
 from ..core.losses import attend_excite_loss
@@ -37,6 +38,24 @@ def autograd_weights(modules: list[torch.nn.Module]):
             store[name] = tensor
 
 
+# Attention kernels without a backward. In the guidance pass only, the blocks that would
+# use one get PyTorch's SDPA instead; every other model call keeps the chosen backend.
+NO_BACKWARD = {"attention_sage", "attention3_sage", "attention_comfy_kitchen_int8"}
+
+
+def with_backward_attention(model_options: dict) -> dict:
+    """A copy of model_options whose attention calls can be differentiated, through
+    ComfyUI's optimized_attention_override (an override already there still applies)."""
+    transformer_options = model_options.get("transformer_options", {})
+    previous = transformer_options.get("optimized_attention_override")
+
+    def override(func, *args, **kwargs):
+        if getattr(func, "__name__", "") in NO_BACKWARD:
+            func = comfy.ldm.modules.attention.attention_pytorch
+        return previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
+    return {**model_options, "transformer_options": {**transformer_options, "optimized_attention_override": override}}
+
+
 class GuidancePass:
     """Scores a latent: the smoothed peak attention of every subject and the loss."""
 
@@ -55,7 +74,7 @@ class GuidancePass:
     def evaluate(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
         """Under enable_grad: returns (leaf, loss (B,), peaks (B, S))."""
         if self.model_options is None:
-            self.model_options = self.recorder.install(model_options)
+            self.model_options = with_backward_attention(self.recorder.install(model_options))
         leaf = x.detach().clone().requires_grad_(True)
         self.recorder.reset()
         try:
