@@ -5,6 +5,7 @@ import pathlib
 import pytest
 import torch
 
+import comfy.sample
 import comfy.samplers
 import folder_paths
 import nodes
@@ -168,7 +169,6 @@ def test_ksampler_heatmaps_are_the_maps_the_loss_used_and_preview_on_the_node(ca
 
 
 def test_sampler_node_fills_its_record_for_the_heatmaps_node_as_the_ksampler_does(cat_and_frog):
-    import comfy.sample
     model = support.tiny_sd15(seed=1, config=dict(support.TINY_UNET))
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     positive, negative = cat_and_frog
