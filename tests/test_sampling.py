@@ -64,10 +64,26 @@ def test_only_the_modules_the_truncated_pass_runs_get_autograd_weights():
     ran = modules_through(unet, last)
     assert ran == [unet.time_embed, *unet.input_blocks, unet.middle_block, *unet.output_blocks[:6]]
     skipped = [*unet.output_blocks[6:], unet.out]
+    before = {name: (p, p.data_ptr()) for name, p in unet.named_parameters()}
     with autograd_weights(ran):
         assert not any(p.is_inference() for m in ran for p in m.parameters())
         assert all(p.is_inference() for m in skipped for p in m.parameters())
-    assert all(p.is_inference() for p in unet.parameters())
+        # views over the same memory, not copies
+        assert all(p.data_ptr() == before[name][1] for name, p in unet.named_parameters())
+    assert all(p is before[name][0] and p.is_inference() for name, p in unet.named_parameters())
+
+
+def test_autograd_views_give_the_gradient_of_the_inference_weights():
+    with torch.inference_mode():
+        layer = torch.nn.Linear(6, 4)
+    assert layer.weight.is_inference()
+    x = torch.randn(3, 6, requires_grad=True)
+    with pytest.raises(RuntimeError, match="Inference tensors cannot be saved for backward"):
+        torch.autograd.grad(layer(x).square().sum(), x)
+    with autograd_weights([layer]):
+        gradient, = torch.autograd.grad(layer(x).square().sum(), x)
+    weight, bias = layer.weight.clone(), layer.bias.clone()
+    assert torch.allclose(gradient, 2 * (x.detach() @ weight.T + bias) @ weight)
 
 
 def test_guidance_pass_routes_backends_without_backward_to_sdpa():

@@ -12,13 +12,23 @@ from ..core.maps import SubjectScorer, gaussian_kernel, kept_columns
 from .recorder import AttentionRecorder, ForwardDone
 
 
+def autograd_view(tensor: torch.Tensor) -> torch.Tensor:
+    """A normal tensor over an inference tensor's memory: autograd can save it for
+    backward, and nothing is copied. Tensor subclasses (quantized weights) are copied."""
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        return tensor.detach().clone()
+    return torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(
+        tensor.untyped_storage(), tensor.storage_offset(), tensor.shape, tensor.stride())
+
+
 @contextlib.contextmanager
 def autograd_weights(modules: list[torch.nn.Module]):
     """Makes the inference-tensor weights of `modules` usable by autograd until exit.
 
     ComfyUI loads models under torch.inference_mode(), and autograd cannot save
-    inference tensors for backward. Each one is swapped for a normal copy (this
-    includes LoRA weights already patched in) and put back on exit, whatever happens.
+    inference tensors for backward. Each one is swapped for a normal tensor over the
+    same memory (so LoRA weights already patched in are what it sees) and put back
+    on exit, whatever happens.
     """
     swapped = []
     try:
@@ -27,11 +37,11 @@ def autograd_weights(modules: list[torch.nn.Module]):
                 for store in (owner._parameters, owner._buffers):
                     for name, tensor in store.items():
                         if tensor is not None and tensor.is_inference():
-                            copy = tensor.detach().clone()
+                            view = autograd_view(tensor)
                             if isinstance(tensor, torch.nn.Parameter):
-                                copy = torch.nn.Parameter(copy, requires_grad=False)
+                                view = torch.nn.Parameter(view, requires_grad=False)
                             swapped.append((store, name, tensor))
-                            store[name] = copy
+                            store[name] = view
         yield
     finally:
         for store, name, tensor in reversed(swapped):
