@@ -20,7 +20,7 @@ class AttendExciteKSampler(io.ComfyNode):
             description="KSampler that, during the early steps, moves the latent until every subject of the "
                         "prompt wins some region of the cross-attention maps (Attend-and-Excite).",
             inputs=[
-                io.Model.Input("model", tooltip="The model used for denoising (SD1.x)."),
+                io.Model.Input("model", tooltip="The model used for denoising (SD1.x, SD2.x or SDXL)."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="The random seed used for creating the noise."),
                 io.Int.Input("steps", default=50, min=1, max=10000, tooltip="The number of denoising steps."),

@@ -6,6 +6,7 @@ from .glue.sampler import Settings
 
 CATEGORY = "sampling/attend_and_excite"
 ATTENTION = io.Custom("AE_ATTENTION")
+MAP_LEVELS = {"auto": None, "latent/2": 1, "latent/4": 2, "latent/8": 3}   # times the latent was halved
 
 
 def guidance_inputs() -> list:
@@ -37,6 +38,9 @@ def guidance_inputs() -> list:
                         tooltip="Optional override of the conditioning's subjects, as context positions: '2,5', "
                                 "or '2+3,5' for a subject made of two pieces. Empty: the subjects that "
                                 "'CLIP Text Encode (Attend-and-Excite)' attached."),
+        io.Combo.Input("map_level", options=list(MAP_LEVELS), default="auto", optional=True,
+                       tooltip="Which UNet level's cross-attention the loss reads. auto: the model family's "
+                               "(latent/4 for SD1.x, SD2.x and SDXL: 16x16 maps at 512 px, 32x32 at 1024 px)."),
     ]
 
 
@@ -61,9 +65,9 @@ def validate_guidance(thresholds: str, token_indices: str) -> bool | str:
 
 
 def settings_from(steps_to_alter, thresholds, max_refinement, scale_factor, scale_start, scale_end,
-                  smoothing_kernel, smoothing_sigma, schedule_steps, token_indices="") -> Settings:
+                  smoothing_kernel, smoothing_sigma, schedule_steps, token_indices="", map_level="auto") -> Settings:
     return Settings(steps_to_alter=steps_to_alter, thresholds=parse_thresholds(thresholds),
                     max_refinement=max_refinement, scale_factor=scale_factor,
                     scale_range=(scale_start, scale_end), kernel_size=smoothing_kernel,
                     smoothing_sigma=smoothing_sigma, schedule_steps=schedule_steps,
-                    token_indices=parse_token_indices(token_indices))
+                    token_indices=parse_token_indices(token_indices), map_level=MAP_LEVELS[map_level])

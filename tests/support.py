@@ -65,12 +65,16 @@ TINY_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=32
                  dtype=torch.float32)
 
 
-def tiny_sd15(seed: int = 0, config: dict = TINY_UNET):
-    """A ModelPatcher around a small UNet of the SD1.x family (ComfyUI's SD15 config class)."""
+def tiny_model(seed: int = 0, config: dict = TINY_UNET, family: str = "SD15", model_type=None):
+    """A ModelPatcher around a small random UNet made by ComfyUI's config class `family`
+    (comfy.supported_models: SD15, SD20, SDXL, ...); model_type overrides its EPS default."""
+    import comfy.model_base
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
-    model = comfy.supported_models.SD15(dict(config)).get_model({})
+    model_config = getattr(comfy.supported_models, family)(dict(config))
+    model = model_config.get_model({}) if model_type is None else \
+        comfy.model_base.BaseModel(model_config, model_type=model_type)
     initialise(model.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
@@ -102,3 +106,37 @@ def random_conditioning(seed: int, context_dim: int = 64, tokens: int = 77, **ex
 SD15_TOPOLOGY = dict(TINY_UNET, model_channels=32, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4],
                      transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
                      transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])
+
+# The real SD2.x topology (SD15's block layout; context 1024, linear projections, 64-channel
+# heads, set by ComfyUI's SD20 config class) at a small width.
+SD2_TOPOLOGY = dict(SD15_TOPOLOGY, model_channels=64, context_dim=1024, use_linear_in_transformer=True)
+
+# The real SDXL topology (three levels; 2 and 10 transformer blocks deep; context 2048 of
+# CLIP-L + CLIP-G; pooled and size conditioning through adm) at a small width.
+SDXL_TOPOLOGY = dict(TINY_UNET, model_channels=64, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4],
+                     transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+                     transformer_depth_middle=10, context_dim=2048, adm_in_channels=2816, num_classes="sequential",
+                     use_linear_in_transformer=True)
+
+
+def sample(model, sampler_name, settings, positive, negative, latent, steps=6, cfg=5.0, denoise=1.0, seed=7,
+           stock=False):
+    """(samples, AttentionRecord): the stock KSampler when `stock`, else the
+    Attend-and-Excite SAMPLER over sampler_name, through ComfyUI's own sampling."""
+    import comfy.sample
+    import comfy.samplers
+    import nodes
+    from attend_and_excite.nodes.core.record import AttentionRecord
+    from attend_and_excite.nodes.glue.sampler import attend_excite_sampler
+    record = AttentionRecord()
+    with torch.inference_mode():
+        if stock:
+            out = nodes.common_ksampler(model, seed, steps, cfg, sampler_name, "normal", positive, negative,
+                                        {"samples": latent}, denoise=denoise)[0]["samples"]
+        else:
+            sigmas = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler_name,
+                                             scheduler="normal", denoise=denoise).sigmas
+            sampler = attend_excite_sampler(sampler_name, settings, record)
+            out = comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, seed), cfg, sampler, sigmas,
+                                             positive, negative, latent, seed=seed, disable_pbar=True)
+    return out, record

@@ -81,7 +81,7 @@ def test_validation_names_the_bad_field():
 
 
 def test_ksampler_node_zero_scale_equals_stock_and_logs(cat_and_frog):
-    model = support.tiny_sd15(seed=1, config=dict(support.TINY_UNET))
+    model = support.tiny_model(seed=1, config=dict(support.TINY_UNET))
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     positive, negative = cat_and_frog
     with torch.inference_mode():
@@ -100,7 +100,7 @@ def test_ksampler_node_zero_scale_equals_stock_and_logs(cat_and_frog):
 
 def test_progress_bar_advances_per_step_as_the_stock_ksampler(clip):
     import comfy.utils
-    model = support.tiny_sd15(seed=1)
+    model = support.tiny_model(seed=1)
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     seen = []
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
@@ -119,7 +119,7 @@ def test_progress_bar_advances_per_step_as_the_stock_ksampler(clip):
 
 
 def test_conditioning_without_subjects_is_refused(clip):
-    model = support.tiny_sd15(seed=1)
+    model = support.tiny_model(seed=1)
     with torch.inference_mode():
         plain = nodes.CLIPTextEncode().encode(clip, "a cat")[0]
         with pytest.raises(ValueError, match="carries no Attend-and-Excite subjects"):
@@ -153,7 +153,7 @@ def ksampler_run(model, positive, negative, latent, **changes):
 
 
 def test_ksampler_heatmaps_are_the_maps_the_loss_used_and_preview_on_the_node(cat_and_frog):
-    model = support.tiny_sd15(seed=1, config=dict(support.TINY_UNET))
+    model = support.tiny_model(seed=1, config=dict(support.TINY_UNET))
     positive, negative = cat_and_frog
     output = ksampler_run(model, positive, negative, {"samples": torch.zeros(2, 4, 8, 8)}, heatmap_step=3)
     result = named(AttendExciteKSampler, output)
@@ -169,7 +169,7 @@ def test_ksampler_heatmaps_are_the_maps_the_loss_used_and_preview_on_the_node(ca
 
 
 def test_sampler_node_fills_its_record_for_the_heatmaps_node_as_the_ksampler_does(cat_and_frog):
-    model = support.tiny_sd15(seed=1, config=dict(support.TINY_UNET))
+    model = support.tiny_model(seed=1, config=dict(support.TINY_UNET))
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     positive, negative = cat_and_frog
     with torch.inference_mode():
@@ -191,7 +191,7 @@ def test_sampler_node_fills_its_record_for_the_heatmaps_node_as_the_ksampler_doe
 
 
 def test_overlay_node_blends_the_record_over_the_images(cat_and_frog):
-    model = support.tiny_sd15(seed=1, config=dict(support.TINY_UNET))
+    model = support.tiny_model(seed=1, config=dict(support.TINY_UNET))
     positive, negative = cat_and_frog
     record = named(AttendExciteKSampler, ksampler_run(model, positive, negative,
                                                       {"samples": torch.zeros(1, 4, 16, 16)}))["attention"]

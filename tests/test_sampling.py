@@ -8,7 +8,6 @@ import torch
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
-import nodes
 import support
 from attend_and_excite.nodes.core.record import AttentionRecord
 from attend_and_excite.nodes.glue.guidance import GuidancePass, autograd_weights, with_backward_attention
@@ -22,34 +21,22 @@ FORCED = Settings(steps_to_alter=3, thresholds={0: 1.0, 2: 1.0}, max_refinement=
 
 @pytest.fixture(scope="module")
 def model():
-    return support.tiny_sd15(seed=1)
+    return support.tiny_model(seed=1)
 
 
 def conds():
     return support.random_conditioning(1, **SUBJECTS), support.random_conditioning(2)
 
 
-def run(model, sampler_name, settings=FORCED, latent=None, steps=6, cfg=5.0, denoise=1.0, seed=7, stock=False,
-        positive=None):
-    latent = torch.zeros(1, 4, 8, 8) if latent is None else latent
+def run(model, sampler_name, settings=FORCED, latent=None, positive=None, **options):
     pos, neg = conds()
-    pos = positive or pos
-    record = AttentionRecord()
-    with torch.inference_mode():
-        if stock:
-            out = nodes.common_ksampler(model, seed, steps, cfg, sampler_name, "normal", pos, neg,
-                                        {"samples": latent}, denoise=denoise)[0]["samples"]
-        else:
-            sigmas = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler_name,
-                                             scheduler="normal", denoise=denoise).sigmas
-            sampler = attend_excite_sampler(sampler_name, settings, record)
-            out = comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, seed), cfg, sampler, sigmas,
-                                             pos, neg, latent, seed=seed, disable_pbar=True)
+    latent = torch.zeros(1, 4, 8, 8) if latent is None else latent
+    out, record = support.sample(model, sampler_name, settings, positive or pos, neg, latent, **options)
     return out, record.logs
 
 
 def test_blocks_of_the_sd15_topology_at_latent_over_4():
-    model = support.tiny_sd15(config=support.SD15_TOPOLOGY)
+    model = support.tiny_model(config=support.SD15_TOPOLOGY)
     found = [(b.name, b.number) for b in blocks_at_level(model.model.diffusion_model, 2)]
     assert found == [("input", 7), ("input", 8), ("output", 3), ("output", 4), ("output", 5)]
     middle = [b for b in cross_attention_blocks(model.model.diffusion_model) if b.name == "middle"]
@@ -58,7 +45,7 @@ def test_blocks_of_the_sd15_topology_at_latent_over_4():
 
 def test_only_the_modules_the_truncated_pass_runs_get_autograd_weights():
     with torch.inference_mode():
-        model = support.tiny_sd15(config=support.SD15_TOPOLOGY)
+        model = support.tiny_model(config=support.SD15_TOPOLOGY)
     unet = model.model.diffusion_model
     last = blocks_at_level(unet, 2)[-1]
     ran = modules_through(unet, last)
@@ -103,7 +90,7 @@ def test_guidance_pass_routes_backends_without_backward_to_sdpa():
 
 def test_guidance_pass_records_the_level_maps_and_has_a_gradient():
     import comfy.conds
-    model = support.tiny_sd15(config=support.SD15_TOPOLOGY)
+    model = support.tiny_model(config=support.SD15_TOPOLOGY)
     recorder = AttentionRecorder(blocks_at_level(model.model.diffusion_model, 2))
     context = support.random_conditioning(1)[0][0]
     entry = {"model_conds": {"c_crossattn": comfy.conds.CONDCrossAttn(context)}, "uuid": "positive"}
@@ -190,23 +177,13 @@ def test_the_users_model_is_left_as_it_was(model):
 
 def test_model_loaded_under_inference_mode_gets_gradients():
     with torch.inference_mode():
-        model = support.tiny_sd15(seed=3)
+        model = support.tiny_model(seed=3)
     assert all(p.is_inference() for p in model.model.parameters())
     params = [id(p) for p in model.model.parameters()]
     _, logs = run(model, "euler")
     assert logs[0].losses[0] != logs[0].losses[1]          # the refinement step moved the loss
     assert [id(p) for p in model.model.parameters()] == params
     assert all(p.is_inference() for p in model.model.parameters())
-
-
-def test_an_unsupported_model_family_is_refused_by_name():
-    import comfy.model_patcher
-    import comfy.supported_models
-    sd2 = comfy.supported_models.SD20(dict(support.TINY_UNET)).get_model({})
-    support.initialise(sd2.diffusion_model, 0)
-    patcher = comfy.model_patcher.ModelPatcher(sd2, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
-    with pytest.raises(ValueError, match="supports SD1.x models; this model is SD20"):
-        run(patcher, "euler")
 
 
 def test_an_existing_attn2_replace_patch_is_wrapped_not_dropped(model):
@@ -225,7 +202,7 @@ def test_an_existing_attn2_replace_patch_is_wrapped_not_dropped(model):
 
 def test_interrupt_stops_refinement_and_restores_weights():
     with torch.inference_mode():
-        model = support.tiny_sd15(seed=4)
+        model = support.tiny_model(seed=4)
     params = [id(p) for p in model.model.parameters()]
     counted = []
 

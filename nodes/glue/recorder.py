@@ -56,9 +56,12 @@ def modules_through(diffusion_model, last: Block) -> list[torch.nn.Module]:
 
 
 def blocks_at_level(diffusion_model, level: int) -> list[Block]:
-    found = [b for b in cross_attention_blocks(diffusion_model) if b.level == level]
+    blocks = cross_attention_blocks(diffusion_model)
+    found = [b for b in blocks if b.level == level]
     if not found:
-        raise ValueError(f"this model has no cross-attention at the latent/{2 ** level} level")
+        levels = ", ".join(f"latent/{2 ** n}" for n in sorted({b.level for b in blocks}))
+        raise ValueError(f"this model has no cross-attention at the latent/{2 ** level} level; set map_level to "
+                         f"one of: {levels or 'none (the model has no cross-attention)'}")
     return found
 
 

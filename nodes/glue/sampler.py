@@ -51,6 +51,7 @@ class Settings:
     smoothing_sigma: float = 0.5
     schedule_steps: int = 50
     token_indices: tuple = ()          # overrides the conditioning's subjects
+    map_level: int | None = None       # halvings of the latent at the recorded level; None: the family's
 
 
 def _subjects_of(positive: list[dict], settings: Settings):
@@ -83,7 +84,8 @@ class GuidedRun:
         labels = ["+".join(map(str, c)) for c in settings.token_indices] if settings.token_indices else \
             info["labels"]
         record.start(labels, self.schedule.thresholds, self.schedule.steps)
-        recorder = AttentionRecorder(blocks_at_level(base_model.diffusion_model, family.map_level))
+        level = family.map_level if settings.map_level is None else settings.map_level
+        recorder = AttentionRecorder(blocks_at_level(base_model.diffusion_model, level))
         self.guidance = GuidancePass(base_model, entry, subjects, token_count, info.get("end_columns", []),
                                      family.drop_from_end, recorder, settings.kernel_size,
                                      settings.smoothing_sigma)

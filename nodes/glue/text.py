@@ -6,22 +6,29 @@ from ..core.tokens import layout, resolve_subjects
 SUBJECTS_KEY = "attend_excite"
 
 
-def encoder_tokenizer(clip, tokenized: dict):
-    """The tokenizer whose columns the subjects index (CLIP-L where there is one)."""
+def encoder_tokenizer(tokenizer, tokenized: dict):
+    """The encoder whose token columns the subjects index: CLIP-L where there is one
+    (SD1.x; SDXL, whose CLIP-G has the same columns), else the only one (SD2.x: OpenCLIP-H)."""
     key = "l" if "l" in tokenized else next(iter(tokenized))
-    return key, getattr(clip.tokenizer, f"clip_{key}", None) or getattr(clip.tokenizer, key)
+    return tokenized[key], getattr(tokenizer, f"clip_{key}", None) or getattr(tokenizer, key)
+
+
+def subject_info(tokenizer, tokenized: dict, subjects: str) -> dict:
+    """What the sampler needs to know of the subjects: their context columns, labels,
+    and each chunk's end-token column (for the models that drop from it on)."""
+    chunks, encoder = encoder_tokenizer(tokenizer, tokenized)
+    tokens, end_columns = layout(chunks, encoder.inv_vocab, encoder.start_token, encoder.end_token)
+    chosen = resolve_subjects(subjects, tokens)
+    logging.info("Attend-and-Excite subjects%s: %s", "" if subjects.strip() else " (automatic)",
+                 ", ".join(f"{s.label} {list(s.columns)}" for s in chosen))
+    return {"subjects": [list(s.columns) for s in chosen], "labels": [s.label for s in chosen],
+            "end_columns": end_columns}
 
 
 def encode_with_subjects(clip, text: str, subjects: str):
     """CONDITIONING as the stock CLIPTextEncode makes it, each entry carrying the
     subjects' context columns."""
     tokenized = clip.tokenize(text)
-    key, tokenizer = encoder_tokenizer(clip, tokenized)
-    tokens, end_columns = layout(tokenized[key], tokenizer.inv_vocab, tokenizer.start_token, tokenizer.end_token)
-    chosen = resolve_subjects(subjects, tokens)
-    logging.info("Attend-and-Excite subjects%s: %s", "" if subjects.strip() else " (automatic)",
-                 ", ".join(f"{s.label} {list(s.columns)}" for s in chosen))
-    info = {"subjects": [list(s.columns) for s in chosen], "labels": [s.label for s in chosen],
-            "end_columns": end_columns}
+    info = subject_info(clip.tokenizer, tokenized, subjects)
     conditioning = clip.encode_from_tokens_scheduled(tokenized)
     return [[embedding, {**extra, SUBJECTS_KEY: info}] for embedding, extra in conditioning]

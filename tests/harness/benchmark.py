@@ -119,7 +119,7 @@ def run_config(name: str) -> dict:
     cuda = torch.cuda.is_available()
     setup = shape(cuda)
     with torch.inference_mode():      # as ComfyUI's loader: the weights are inference tensors
-        model = support.tiny_sd15(seed=0, config=setup["unet"])
+        model = support.tiny_model(seed=0, config=setup["unet"])
     subjects = {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}
     context = setup["unet"]["context_dim"]
     positive = support.random_conditioning(1, context_dim=context, attend_excite=subjects)
