@@ -15,21 +15,24 @@ def _seeded():
 
 
 @pytest.fixture(scope="session")
-def mini_checkpoint(tmp_path_factory):
-    """A generated random-weight checkpoint that ComfyUI detects as SD15 (about 600 MB, removed after)."""
-    from harness.checkpoint import make_mini_sd15
+def mini_checkpoints(tmp_path_factory):
+    """Generated random-weight checkpoints that ComfyUI detects as SD15 and SDXL (0.5 and
+    2.4 GB, removed after): the base folder and {family: file name}."""
+    from harness.checkpoint import MINI, make_mini
     base = tmp_path_factory.mktemp("comfy-base")
     folder = base / "models" / "checkpoints"
     folder.mkdir(parents=True)
-    make_mini_sd15(str(folder / "mini_sd15.safetensors"))
-    return base, "mini_sd15.safetensors"
+    names = {family: f"mini_{family}.safetensors" for family in MINI}
+    for family, name in names.items():
+        make_mini(family, str(folder / name))
+    return base, names
 
 
 @pytest.fixture(scope="session")
-def server(mini_checkpoint):
+def server(mini_checkpoints):
     """One real ComfyUI server with this package for the server and browser tests."""
     from harness.server import running_server
-    base, _ = mini_checkpoint
+    base, _ = mini_checkpoints
     with running_server(str(base), os.environ["COMFYUI_DIR"]) as running:
         yield running
 

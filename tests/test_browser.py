@@ -9,6 +9,7 @@ import pathlib
 import pytest
 
 from harness.browser import browser_page
+from harness.run_example import mini_family
 from harness.workflow import to_api
 
 REPO = pathlib.Path(__file__).parent.parent
@@ -184,11 +185,12 @@ PREVIEWS = {"attend_and_excite_sd15.json": ("AttendExciteKSampler", {
                 "AttendExciteKSampler": 2, "AttendExciteHeatmapOverlay": 2, "PreviewImage": 1, "SaveImage": 1}),
             "attend_and_excite_sd15_custom_sampler.json": ("AttendExciteHeatmaps", {
                 "AttendExciteHeatmaps": 2, "AttendExciteHeatmapOverlay": 2, "SaveImage": 1})}
+PREVIEWS["attend_and_excite_sdxl.json"] = PREVIEWS["attend_and_excite_sd15.json"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_queueing_the_example_shows_the_heatmaps_on_the_node(ui, mini_checkpoint, path):
-    _, checkpoint = mini_checkpoint
+def test_queueing_the_example_shows_the_heatmaps_on_the_node(ui, mini_checkpoints, path):
+    checkpoint = mini_checkpoints[1][mini_family(path)]
     shows_heatmaps, image_counts = PREVIEWS[path.name]
     drop_workflow(ui, path)
     ui.page.evaluate(f"""(checkpoint) => {{ for (const node of {APP}.graph._nodes) for (const w of node.widgets ?? []) {{

@@ -127,20 +127,23 @@ def test_conditioning_without_subjects_is_refused(clip):
                                          {"samples": torch.zeros(1, 4, 8, 8)}, 1.0, **GUIDANCE)
 
 
-def test_checkpoint_loaded_by_checkpoint_loader_under_inference_mode(mini_checkpoint):
-    base, name = mini_checkpoint
+@pytest.mark.parametrize("family, config, family_name", [("sd15", "SD15", "SD1.x"), ("sdxl", "SDXL", "SDXL")])
+def test_checkpoint_loaded_by_checkpoint_loader_under_inference_mode(mini_checkpoints, family, config, family_name):
+    base, names = mini_checkpoints
     folder_paths.add_model_folder_path("checkpoints", str(base / "models" / "checkpoints"))
     latent = {"samples": torch.zeros(1, 4, 16, 16)}
     with torch.inference_mode():
-        model, clip, _ = nodes.CheckpointLoaderSimple().load_checkpoint(name)
-        assert type(model.model.model_config).__name__ == "SD15"
+        model, clip, _ = nodes.CheckpointLoaderSimple().load_checkpoint(names[family])
+        assert type(model.model.model_config).__name__ == config
         assert all(p.is_inference() for p in model.model.diffusion_model.parameters())
         positive = AttendExciteTextEncode.execute(clip, "a cat and a frog", "").result[0]
         negative = nodes.CLIPTextEncode().encode(clip, "")[0]
         result = named(AttendExciteKSampler, AttendExciteKSampler.execute(
             model, 1, 4, 7.5, "euler", "normal", positive, negative, latent, 1.0,
             **dict(GUIDANCE, schedule_steps=4, steps_to_alter=2, thresholds="0:1.0")))
-    steps = json.loads(result["log"])["steps"]
+    log = json.loads(result["log"])
+    steps = log["steps"]
+    assert log["model"] == family_name and log["subjects"] == ["cat", "frog"]
     assert [s["step"] for s in steps] == [0, 1] and steps[0]["refinement_iterations"] == [2]
     assert steps[0]["losses"][0] != steps[0]["losses"][-1]
     assert torch.isfinite(result["LATENT"]["samples"]).all()

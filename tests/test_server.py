@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from harness.run_example import EXAMPLE, example_prompt
+from harness.run_example import EXAMPLE, example_prompt, mini_family
 from harness.workflow import to_api
 
 NODE_IDS = ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
@@ -30,7 +30,7 @@ def test_examples_are_listed_as_templates_with_thumbnails(server):
     status, templates = server.request("/api/workflow_templates")
     assert status == 200
     names = sorted(os.path.splitext(os.path.basename(p))[0] for p in EXAMPLES)
-    assert sorted(templates["attend-and-excite"]) == names and len(names) == 2
+    assert sorted(templates["attend-and-excite"]) == names and len(names) == 3
     for path in EXAMPLES:
         assert os.path.getsize(path[:-len(".json")] + ".jpg") > 10_000, path
 
@@ -46,13 +46,15 @@ def test_example_workflow_converts_and_validates(server, object_info, path):
     assert status == 400
     errors = json.dumps(answer["node_errors"])
     assert "cannot read '0=1'" in errors                  # our validation, at queue time
-    assert "v1-5-pruned-emaonly.safetensors" in errors   # the users' checkpoint name, absent here
+    users_checkpoint = {"sd15": "v1-5-pruned-emaonly.safetensors", "sdxl": "sd_xl_base_1.0.safetensors"}
+    assert users_checkpoint[mini_family(path)] in errors   # the users' checkpoint name, absent here
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
-def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoint, path):
-    _, checkpoint = mini_checkpoint
-    prompt = example_prompt(object_info, checkpoint, steps=6, size=128, path=path)
+def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoints, path):
+    _, checkpoints = mini_checkpoints
+    family = mini_family(path)
+    prompt = example_prompt(object_info, checkpoints[family], steps=6, size=128, path=path)
     result = server.run_prompt(prompt)
     assert result["status"]["status_str"] == "success", result["status"]
     for node_id, node in prompt.items():
@@ -62,12 +64,14 @@ def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoint, 
         if node["class_type"] in SHOWS_A_TILE_PER_SUBJECT:
             assert len(images) == 2 and {i["type"] for i in images} == {"temp"}, node   # two subjects, one image
     logs = [json.loads(o["text"][0]) for o in result["outputs"].values() if "text" in o]
+    assert len(logs) == sum(node["class_type"] == "PreviewAny" for node in prompt.values())
     for log in logs:
         assert len(log["subjects"]) == 2 and [s["step"] for s in log["steps"]] == [0, 1, 2]
+        assert log["model"] == {"sd15": "SD1.x", "sdxl": "SDXL"}[family]     # as ComfyUI's loader detected it
 
 
-def test_sampler_node_with_sampler_custom_advanced(server, mini_checkpoint):
-    _, checkpoint = mini_checkpoint
+def test_sampler_node_with_sampler_custom_advanced(server, mini_checkpoints):
+    checkpoint = mini_checkpoints[1]["sd15"]
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
         "2": {"class_type": "AttendExciteTextEncode", "inputs": {"clip": ["1", 1], "text": "a cat with a crown",

@@ -14,7 +14,7 @@ BAND = 40   # rows at the top of a tile (up to 140 px high) that may hold its la
 
 def record_of(maps_per_step, thresholds=None, labels=("cat", "frog")):
     record = AttentionRecord()
-    record.start(list(labels), thresholds or {}, 10)
+    record.start("SD1.x", list(labels), thresholds or {}, 10)
     for step, maps in maps_per_step:
         log = StepLog(step)
         peaks = maps.amax(dim=(-1, -2))
@@ -42,7 +42,7 @@ def test_record_mean_step_choice_and_json():
     log = json.loads(record.to_json())
     assert log["subjects"] == ["cat", "frog"] and log["thresholds"] == {"0": 0.05}
     assert [s["step"] for s in log["steps"]] == [0, 2]
-    record.start(["dog"], {}, 4)                  # a new run clears the previous one
+    record.start("SD1.x", ["dog"], {}, 4)                  # a new run clears the previous one
     with pytest.raises(ValueError, match="no guided step was recorded"):
         record.select(0)
 
@@ -71,7 +71,7 @@ def test_heatmap_tiles_show_each_subject_where_it_is_on_a_fixed_scale():
 
 def test_no_guided_step_gives_one_labelled_dark_tile_per_image():
     record = AttentionRecord()
-    record.start(["cat"], {}, 10)
+    record.start("SD1.x", ["cat"], {}, 10)
     tiles = heatmap_views(record, 3, 64, 48, step=0)
     assert tiles.shape == (3, 64, 48, 3) and tiles[:, BAND:].max() == 0
 
@@ -104,6 +104,6 @@ def test_peak_chart_draws_lines_thresholds_and_refinement():
     near = chart[0, y_cat - 2:y_cat + 3, round(LEFT + plot_w * 1 / 10) - 2:round(LEFT + plot_w * 1 / 10) + 3]
     assert ((near - cat_blue).abs().max(-1).values < 0.02).any()
     empty = AttentionRecord()
-    empty.start(["cat"], {0: 0.5}, 10)
+    empty.start("SD1.x", ["cat"], {0: 0.5}, 10)
     assert peak_chart(empty, 1).shape == (1, HEIGHT, WIDTH, 3)
 

@@ -10,15 +10,16 @@ from .excite import StepLog
 
 @dataclass
 class AttentionRecord:
+    model: str = ""                                  # the model family it ran on
     labels: list = field(default_factory=list)       # one per subject
     thresholds: dict = field(default_factory=dict)   # sampled step -> target peak
     steps: int = 0                                   # steps sampled
     logs: list = field(default_factory=list)         # StepLog of each guided step
     maps: list = field(default_factory=list)         # (B, S, h, w) of each guided step, CPU fp32
 
-    def start(self, labels: list[str], thresholds: dict[int, float], steps: int):
+    def start(self, model: str, labels: list[str], thresholds: dict[int, float], steps: int):
         """Clears what an earlier run left (a SAMPLER's record is reused by every run)."""
-        self.labels, self.thresholds, self.steps = list(labels), dict(thresholds), steps
+        self.model, self.labels, self.thresholds, self.steps = model, list(labels), dict(thresholds), steps
         self.logs, self.maps = [], []
 
     def add(self, log: StepLog, maps: torch.Tensor):
@@ -47,5 +48,5 @@ class AttentionRecord:
         return self.maps[index], f"step {self.logs[index].step + 1}"
 
     def to_json(self) -> str:
-        return json.dumps({"subjects": self.labels, "thresholds": {str(k): v for k, v in self.thresholds.items()},
+        return json.dumps({"model": self.model, "subjects": self.labels, "thresholds": {str(k): v for k, v in self.thresholds.items()},
                            "steps": [vars(log) for log in self.logs]})

@@ -83,7 +83,7 @@ class GuidedRun:
         self.pending = [j for j in range(self.schedule.steps) if self.schedule.is_guided(j)]
         labels = ["+".join(map(str, c)) for c in settings.token_indices] if settings.token_indices else \
             info["labels"]
-        record.start(labels, self.schedule.thresholds, self.schedule.steps)
+        record.start(family.name, labels, self.schedule.thresholds, self.schedule.steps)
         level = family.map_level if settings.map_level is None else settings.map_level
         recorder = AttentionRecorder(blocks_at_level(base_model.diffusion_model, level))
         self.guidance = GuidancePass(base_model, entry, subjects, token_count, info.get("end_columns", []),

@@ -4,10 +4,10 @@
 
 Each configuration runs in its own process (so that peak memory is its own): one
 warm-up call, two timed calls (the faster counts), then one call with per-part timers. On a GPU: the SD1.5
-shape at 512 px, 50 steps, fp16, random weights (they cost what real ones do), and
-../shared/bench/anchor_diffusers.py in the same call for the reference's figures. On
-the CPU: a small SD1.x-topology model at 256 px, 20 steps, fp32, so that it finishes in
-minutes. Writes result.json and table.md to the output folder and prints the table.
+shape at 512 px and the SDXL shape at 1024 px, 50 steps, fp16, random weights (they cost what real ones
+do), and ../shared/bench/anchor_diffusers.py in the same call for the reference's figures. On the CPU: a
+small SD1.x-topology model at 256 px, 20 steps, fp32, so that it finishes in minutes. Writes result.json
+and table.md to the output folder and prints the tables.
 """
 import argparse
 import contextlib
@@ -35,14 +35,19 @@ SEED, CFG, SAMPLER = 1, 7.5, "euler"
 TIMED_CALLS = 2     # the faster one counts: these machines are noisy
 
 
-def shape(cuda: bool) -> dict:
+def shape(name: str, cuda: bool) -> dict:
+    """The model and run of a benchmark shape: "sd15" (SD1.4/1.5: 320 channels, 8 heads,
+    context 768) or "sdxl" (320 channels, depths 2 and 10, context 2048, pooled 1280)."""
     import torch
-    from support import SD15_TOPOLOGY
-    if cuda:   # SD1.4/1.5: 320 channels, 8 heads, context 768
-        return dict(unet=dict(SD15_TOPOLOGY, model_channels=320, context_dim=768, dtype=torch.float16),
-                    size=512, steps=50, dtype=torch.float16)
-    return dict(unet=dict(SD15_TOPOLOGY, model_channels=64, context_dim=768), size=256, steps=20,
-                dtype=torch.float32)
+    from support import SD15_TOPOLOGY, SDXL_TOPOLOGY
+    if name == "sdxl":
+        return dict(family="SDXL", unet=dict(SDXL_TOPOLOGY, model_channels=320, dtype=torch.float16), size=1024,
+                    steps=50, dtype=torch.float16, pooled=1280)
+    if cuda:
+        return dict(family="SD15", unet=dict(SD15_TOPOLOGY, model_channels=320, context_dim=768, dtype=torch.float16),
+                    size=512, steps=50, dtype=torch.float16, pooled=None)
+    return dict(family="SD15", unet=dict(SD15_TOPOLOGY, model_channels=64, context_dim=768), size=256, steps=20,
+                dtype=torch.float32, pooled=None)
 
 
 class PartTimer:
@@ -105,7 +110,7 @@ def profiled(timer: PartTimer):
             setattr(owner, name, value)
 
 
-def run_config(name: str) -> dict:
+def run_config(name: str, shape_name: str) -> dict:
     import torch
     import support
     support.import_comfy(cpu=not torch.cuda.is_available())
@@ -117,13 +122,14 @@ def run_config(name: str) -> dict:
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     cuda = torch.cuda.is_available()
-    setup = shape(cuda)
+    setup = shape(shape_name, cuda)
     with torch.inference_mode():      # as ComfyUI's loader: the weights are inference tensors
-        model = support.tiny_model(seed=0, config=setup["unet"])
+        model = support.tiny_model(seed=0, config=setup["unet"], family=setup["family"])
     subjects = {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}
     context = setup["unet"]["context_dim"]
-    positive = support.random_conditioning(1, context_dim=context, attend_excite=subjects)
-    negative = support.random_conditioning(2, context_dim=context)
+    pooled = {} if setup["pooled"] is None else {"pooled_output": torch.randn(1, setup["pooled"])}
+    positive = support.random_conditioning(1, context_dim=context, attend_excite=subjects, **pooled)
+    negative = support.random_conditioning(2, context_dim=context, **pooled)
     latent = {"samples": torch.zeros(1, 4, setup["size"] // 8, setup["size"] // 8)}
     thresholds = CONFIGS[name]
 
@@ -155,20 +161,20 @@ def run_config(name: str) -> dict:
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,   # ru_maxrss: KiB
             "parts": parts.seconds,
             "device": torch.cuda.get_device_name() if cuda else "cpu",
-            "shape": {"size": setup["size"], "steps": setup["steps"], "channels": setup["unet"]["model_channels"],
+            "shape": {"model": shape_name, "size": setup["size"], "steps": setup["steps"], "channels": setup["unet"]["model_channels"],
                       "dtype": str(setup["dtype"]).replace("torch.", ""), "sampler": SAMPLER, "cfg": CFG}}
 
 
-def run_in_process(name: str) -> dict:
+def run_in_process(name: str, shape_name: str) -> dict:
     """One configuration in a fresh process: its own peak memory (GPU allocator, or RSS)."""
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--config", name], capture_output=True,
-                          text=True, cwd=REPO)
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--config", name, "--shape", shape_name],
+                          capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def table(results: dict, reference: str | None) -> str:
+def table(results: dict) -> str:
     plain = results["plain KSampler"]["seconds"]
     first = next(iter(results.values()))
     lines = [f"device: {first['device']}; shape: {json.dumps(first['shape'])}", "",
@@ -183,23 +189,25 @@ def table(results: dict, reference: str | None) -> str:
             parts = ", ".join(f"{part} {seconds:.2f} s ({seconds / total:.0%})"
                               for part, seconds in row["parts"].items() if part != "total")
             lines.append(f"\n{name}, profiled run ({total:.2f} s): {parts}; the rest is plain sampling.")
-    if reference:
-        lines += ["", "Reference (diffusers, ../shared/bench/anchor_diffusers.py, same call):", "", reference]
     return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--shape", choices=["sd15", "sdxl"], help="one shape only (default: sd15, and sdxl on a GPU)")
     parser.add_argument("--out", default=os.path.join(REPO, "out", "benchmark"))
     parser.add_argument("--no-reference", action="store_true", help="skip the diffusers reference on a GPU")
     args = parser.parse_args()
     if args.config:
-        print(json.dumps(run_config(args.config)))
+        print(json.dumps(run_config(args.config, args.shape or "sd15")))
         return
-    results = {name: run_in_process(name) for name in CONFIGS}
+    import torch
+    cuda = torch.cuda.is_available()
+    shapes = [args.shape] if args.shape else ["sd15", "sdxl"] if cuda else ["sd15"]
+    results = {shape_name: {name: run_in_process(name, shape_name) for name in CONFIGS} for shape_name in shapes}
     reference = None
-    if results["plain KSampler"]["device"] != "cpu" and not args.no_reference and os.path.exists(REFERENCE):
+    if cuda and not args.no_reference and os.path.exists(REFERENCE):
         os.makedirs(args.out, exist_ok=True)
         done = subprocess.run([sys.executable, REFERENCE], capture_output=True, text=True,
                               env={**os.environ, "OUT": args.out})
@@ -207,7 +215,9 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump({"results": results, "reference": reference}, f, indent=1)
-    text = table(results, reference)
+    text = "\n\n".join(table(rows) for rows in results.values())
+    if reference:
+        text += "\n\nReference (diffusers, ../shared/bench/anchor_diffusers.py, same call):\n\n" + reference
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text + "\n")
     print(text)

@@ -1,21 +1,31 @@
-"""A random-weight "mini SD1.5" checkpoint that ComfyUI's own loader detects as SD15.
+"""Random-weight "mini" checkpoints that ComfyUI's own loader detects as SD15 or SDXL.
 
-Full-size CLIP-L text encoder and VAE (their shapes are fixed by detection), and a
-small UNet with the SD1.5 width (320), context (768) and three levels, so that the
-latent/4 level has cross-attention. About 600 MB in fp16, made in seconds. Its
-images are noise: it shows that the pipeline runs, nothing more. Never commit one.
-Usage: python tests/harness/checkpoint.py OUT.safetensors (inside the harness env).
+Full-size text encoders and VAE (detection and the text encoders' configs fix their
+shapes) and a small UNet with the family's width, context and transformer depths, so
+that the loader's detection sees the real family and the latent/4 level has
+cross-attention. Written in the checkpoint layout by ComfyUI's own saving conversion
+(about 0.6 GB for SD15, 2.4 GB for SDXL, fp16; made in seconds). Their images are
+noise: they show that the pipeline runs, nothing more. Never commit one.
+Usage: python tests/harness/checkpoint.py sd15|sdxl OUT.safetensors (inside the harness env).
 """
+import os
 import sys
 
 import torch
 
-MINI_SD15_UNET = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True,
-                      legacy=False, adm_in_channels=None, in_channels=4, model_channels=320,
-                      num_res_blocks=[1, 1, 1], transformer_depth=[1, 1, 1], channel_mult=[1, 1, 1],
-                      transformer_depth_middle=1, use_linear_in_transformer=False, context_dim=768, num_heads=8,
-                      transformer_depth_output=[1, 1, 1, 1, 1, 1], use_temporal_attention=False,
-                      use_temporal_resblock=False)
+SD_UNET = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+               in_channels=4, model_channels=320, use_temporal_attention=False, use_temporal_resblock=False)
+MINI = {  # family -> (ComfyUI config class, UNet config, text encoder class)
+    "sd15": ("SD15", dict(SD_UNET, num_res_blocks=[1, 1, 1], transformer_depth=[1, 1, 1], channel_mult=[1, 1, 1],
+                          transformer_depth_middle=1, transformer_depth_output=[1, 1, 1, 1, 1, 1], context_dim=768,
+                          adm_in_channels=None, use_linear_in_transformer=False), "comfy.sd1_clip.SD1ClipModel"),
+    # SDXL's detection keys (width 320, depths 0,0,2,2,10,10, context 2048, adm 2816) on one channel width
+    "sdxl": ("SDXL", dict(SD_UNET, num_res_blocks=[2, 2, 2], transformer_depth=[0, 0, 2, 2, 10, 10],
+                          channel_mult=[1, 1, 1], transformer_depth_middle=10,
+                          transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], context_dim=2048,
+                          adm_in_channels=2816, num_classes="sequential", use_linear_in_transformer=True),
+             "comfy.sdxl_clip.SDXLClipModel"),
+}
 SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
           "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
 
@@ -31,25 +41,27 @@ def _initialise(module: torch.nn.Module, seed: int):
                 break
 
 
-def make_mini_sd15(path: str, seed: int = 0):
+def make_mini(family: str, path: str, seed: int = 0):
+    import importlib
+
     import comfy.ldm.models.autoencoder
-    import comfy.sd1_clip
     import comfy.supported_models
     import comfy.utils
 
-    unet = comfy.supported_models.SD15(dict(MINI_SD15_UNET, dtype=torch.float32)).get_model({}).diffusion_model
-    clip = comfy.sd1_clip.SD1ClipModel(device="cpu", dtype=torch.float32)
+    config_name, unet_config, text_encoder = MINI[family]
+    model = getattr(comfy.supported_models, config_name)(dict(unet_config, dtype=torch.float32)).get_model({})
+    module, name = text_encoder.rsplit(".", 1)
+    clip = getattr(importlib.import_module(module), name)(device="cpu", dtype=torch.float32)
     vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=SD_VAE, embed_dim=4)
-    state = {}
-    for prefix, module in (("model.diffusion_model.", unet), ("cond_stage_model.", clip.clip_l), ("first_stage_model.", vae)):
-        _initialise(module, seed)
-        state.update({prefix + k: v.half() for k, v in module.state_dict().items() if v.is_floating_point()})
-    comfy.utils.save_torch_file(state, path)
+    for part in (model.diffusion_model, clip, vae):
+        _initialise(part, seed)
+    state = model.state_dict_for_saving(clip.state_dict(), vae.state_dict())
+    comfy.utils.save_torch_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from support import import_comfy
     import_comfy()
-    make_mini_sd15(sys.argv[1])
-    print(sys.argv[1])
+    make_mini(sys.argv[1], sys.argv[2])
+    print(sys.argv[2])

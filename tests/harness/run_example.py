@@ -34,11 +34,16 @@ def prepare_checkpoint(base: str, checkpoint: str | None) -> str:
     if not os.path.exists(target):
         from support import import_comfy
         import_comfy()
-        from harness.checkpoint import make_mini_sd15
+        from harness.checkpoint import make_mini
         print("No --checkpoint given: generating a random-weight mini SD1.5 checkpoint. Its images are noise;\n"
               "they only show that the pipeline runs.", flush=True)
-        make_mini_sd15(target)
+        make_mini("sd15", target)
     return GENERATED
+
+
+def mini_family(example: str) -> str:
+    """Which generated checkpoint (harness.checkpoint.MINI) runs an example."""
+    return "sdxl" if "sdxl" in os.path.basename(example) else "sd15"
 
 
 def example_prompt(object_info: dict, checkpoint: str, steps: int | None, size: int | None,
