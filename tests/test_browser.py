@@ -196,6 +196,7 @@ def test_queueing_the_example_shows_the_heatmaps_on_the_node(ui, mini_checkpoint
     ui.page.evaluate(f"""(checkpoint) => {{ for (const node of {APP}.graph._nodes) for (const w of node.widgets ?? []) {{
         if (w.name === "ckpt_name") w.value = checkpoint;
         if (w.name === "steps") w.value = 6;
+        if (w.name === "max_refinement") w.value = 2;     // random weights never reach a threshold
         if (w.name === "width" || w.name === "height") w.value = 128;
     }} }}""", checkpoint)
     ui.page.get_by_role("button", name="Run", exact=True).first.click()    # the queue button

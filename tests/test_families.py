@@ -125,11 +125,11 @@ def test_guidance_pass_reads_the_intended_blocks_and_has_a_gradient(family):
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("sampler_name", ["euler", "dpmpp_2m"])
-def test_zero_scale_equals_the_stock_ksampler(family, sampler_name):
+def test_zero_scale_equals_the_stock_ksampler(family):
+    """With a multistep sampler, whose history would carry any stray change."""
     off = Settings(steps_to_alter=3, thresholds={0: 1.0}, max_refinement=1, scale_factor=0.0, schedule_steps=6)
-    ours, logs, _ = run(family, sampler_name, off)
-    stock, _, _ = run(family, sampler_name, stock=True)
+    ours, logs, _ = run(family, "dpmpp_2m", off)
+    stock, _, _ = run(family, "dpmpp_2m", stock=True)
     assert logs, "the guidance pass did not run"
     assert torch.equal(ours, stock)
 

@@ -54,7 +54,8 @@ def test_example_workflow_converts_and_validates(server, object_info, path):
 def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoints, path):
     _, checkpoints = mini_checkpoints
     family = mini_family(path)
-    prompt = example_prompt(object_info, checkpoints[family], steps=6, size=128, path=path)
+    # random weights never reach a threshold: cap refinement to keep the run short
+    prompt = example_prompt(object_info, checkpoints[family], steps=6, size=128, path=path, max_refinement=2)
     result = server.run_prompt(prompt)
     assert result["status"]["status_str"] == "success", result["status"]
     for node_id, node in prompt.items():
@@ -67,6 +68,7 @@ def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoints,
     assert len(logs) == sum(node["class_type"] == "PreviewAny" for node in prompt.values())
     for log in logs:
         assert len(log["subjects"]) == 2 and [s["step"] for s in log["steps"]] == [0, 1, 2]
+        assert [s["refinement_iterations"] for s in log["steps"]] == [[2], [2], [2]]
         assert log["model"] == {"sd15": "SD1.x", "sdxl": "SDXL"}[family]     # as ComfyUI's loader detected it
 
 

@@ -47,7 +47,7 @@ def mini_family(example: str) -> str:
 
 
 def example_prompt(object_info: dict, checkpoint: str, steps: int | None, size: int | None,
-                   path: str = EXAMPLE) -> dict:
+                   path: str = EXAMPLE, max_refinement: int | None = None) -> dict:
     with open(path) as f:
         prompt = to_api(json.load(f), object_info)
     for node in prompt.values():
@@ -56,6 +56,8 @@ def example_prompt(object_info: dict, checkpoint: str, steps: int | None, size: 
             inputs["ckpt_name"] = checkpoint
         if steps and "steps" in inputs:
             inputs["steps"] = steps
+        if max_refinement is not None and "max_refinement" in inputs:
+            inputs["max_refinement"] = max_refinement
         if size and node["class_type"] == "EmptyLatentImage":
             inputs["width"] = inputs["height"] = size
     return prompt
