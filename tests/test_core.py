@@ -160,6 +160,23 @@ def test_refinement_loop_matches_the_reference_row_by_row():
     assert log.refinement_iterations == [5, 2, 5]   # rows stop on their own, one at the cap
 
 
+def test_a_row_with_a_non_finite_gradient_keeps_its_latent_and_is_counted():
+    x = torch.ones(3, 2)
+    overflow = torch.tensor([1.0, float("inf"), 1.0])     # row 1 overflows, as fp16 can
+
+    def evaluate(z):
+        leaf = z.clone().requires_grad_(True)
+        loss = 0.5 - 0.1 * (leaf * overflow[:, None]).sum(-1).clamp(max=2.0) + 0.3 * leaf[:, 0]
+        return leaf, loss, (1 - loss)[:, None]
+
+    with torch.enable_grad():
+        moved, log = excite_mod.excite(x, evaluate, 0, 1.0, alter=True, threshold=0.9, max_refinement=2)
+    assert torch.isfinite(moved).all()
+    assert torch.equal(moved[1], x[1]) and not torch.equal(moved[0], x[0]) and torch.equal(moved[0], moved[2])
+    assert log.skipped_updates == 3            # row 1: two refinement updates and the step's own update
+    assert log.refinement_iterations == [2, 2, 2]
+
+
 def test_no_refinement_and_no_alter_leaves_the_latent():
     x = torch.randn(2, 3)
 
@@ -173,3 +190,11 @@ def test_no_refinement_and_no_alter_leaves_the_latent():
         moved, _ = excite_mod.excite(x, evaluate, 0, 0.25, alter=True, threshold=None, max_refinement=20)
     assert torch.equal(same, x) and len(log.losses) == 1
     assert torch.allclose(moved, x - 0.25 * 2 * x)
+
+
+@pytest.mark.parametrize("size, kernel_size", [(1, 3), (2, 5), (4, 15)])
+def test_maps_no_larger_than_the_smoothing_padding_are_smoothed(size, kernel_size):
+    kept = kept_columns(8, 77, [7], drop_from_end=True)
+    scorer = SubjectScorer([[2], [5]], kept, gaussian_kernel(kernel_size, 0.5))
+    maps = scorer.maps(torch.rand(1, size, size, 8))
+    assert maps.shape == (1, 2, size, size) and torch.isfinite(maps).all()

@@ -98,6 +98,25 @@ def test_ksampler_node_zero_scale_equals_stock_and_logs(cat_and_frog):
     assert [s["refinement_iterations"] for s in log["steps"]] == [[2], [0], [0], [0], [2]]
 
 
+def test_denoise_zero_returns_the_latent_and_says_nothing_was_guided(cat_and_frog):
+    model = support.tiny_model(seed=1)
+    latent = {"samples": torch.randn(1, 4, 8, 8)}
+    with torch.inference_mode():
+        result = named(AttendExciteKSampler, AttendExciteKSampler.execute(
+            model, 3, 10, 6.0, "euler", "normal", *cat_and_frog, latent, 0.0, **GUIDANCE))
+    assert torch.equal(result["LATENT"]["samples"], latent["samples"])
+    assert json.loads(result["log"])["steps"] == []
+    assert result["heatmaps"].shape == (1, 64, 64, 3)            # one tile that says nothing was recorded
+
+
+def test_a_latent_with_nan_is_refused_by_name(cat_and_frog):
+    model = support.tiny_model(seed=1)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    latent["samples"][0, 0, 0, 0] = float("nan")
+    with torch.inference_mode(), pytest.raises(ValueError, match="latent to sample contains NaN or infinite"):
+        AttendExciteKSampler.execute(model, 3, 10, 6.0, "euler", "normal", *cat_and_frog, latent, 1.0, **GUIDANCE)
+
+
 def test_progress_bar_advances_per_step_as_the_stock_ksampler(clip):
     import comfy.utils
     model = support.tiny_model(seed=1)

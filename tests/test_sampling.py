@@ -203,7 +203,7 @@ def test_an_existing_attn2_replace_patch_is_wrapped_not_dropped(model):
 def test_interrupt_stops_refinement_and_restores_weights():
     with torch.inference_mode():
         model = support.tiny_model(seed=4)
-    params = [id(p) for p in model.model.parameters()]
+    before = snapshot(model)
     counted = []
 
     def interrupt_in_guidance(q, k, v, extra):
@@ -223,4 +223,59 @@ def test_interrupt_stops_refinement_and_restores_weights():
     finally:
         comfy.model_management.interrupt_current_processing(False)
     assert len(counted) == 2                      # stopped at the next refinement iteration
-    assert [id(p) for p in model.model.parameters()] == params
+    after = snapshot(model)
+    assert before[1] == after[1] and before[2] == after[2]    # options and parameter objects
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert all(p.is_inference() for p in model.model.parameters())
+
+
+class Overflow(torch.autograd.Function):
+    """Identity forward; an infinite gradient backward, as an fp16 overflow gives."""
+
+    @staticmethod
+    def forward(ctx, t):
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def test_a_non_finite_gradient_skips_the_update_with_a_warning(model, caplog):
+    import comfy.ldm.modules.attention as attention
+
+    def overflow(q, k, v, extra):
+        out = attention.optimized_attention(q, k, v, extra["n_heads"])
+        return Overflow.apply(out) if torch.is_grad_enabled() else out
+
+    patched = model.clone()
+    patched.set_model_attn2_replace(overflow, "input", 1)
+    with caplog.at_level(logging.WARNING):
+        ours, logs = run(patched, "euler")
+    stock, _ = run(patched, "euler", stock=True)
+    assert [log.skipped_updates for log in logs] == [3, 1, 3]     # every update: 2 refinements + the step's own
+    assert "updates skipped because the loss or its gradient was not finite" in caplog.text
+    assert torch.equal(ours, stock)                              # nothing moved, nothing became NaN
+
+
+def test_out_of_memory_in_the_guidance_pass_says_what_to_lower_and_restores_the_model():
+    with torch.inference_mode():
+        model = support.tiny_model(seed=4)
+    before = snapshot(model)
+
+    def exhausted(q, k, v, extra):
+        if torch.is_grad_enabled():
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        import comfy.ldm.modules.attention as attention
+        return attention.optimized_attention(q, k, v, extra["n_heads"])
+
+    patched = model.clone()
+    patched.set_model_attn2_replace(exhausted, "input", 1)
+    with pytest.raises(torch.OutOfMemoryError, match="lower the image size or the batch size, or max_refinement") \
+            as raised:
+        run(patched, "euler")
+    assert raised.value.__context__ is None        # the failed pass's frames and graph are not kept alive
+    after = snapshot(model)
+    assert before[1] == after[1] and before[2] == after[2]
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert all(p.is_inference() for p in model.model.parameters())

@@ -2,8 +2,11 @@
 import glob
 import json
 import os
+import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from harness.run_example import EXAMPLE, example_prompt, mini_family
 from harness.workflow import to_api
@@ -127,3 +130,26 @@ def test_tokenize_route_rejects_bad_bodies(server, body, status):
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request, timeout=30)
     assert error.value.code == status
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(
+    st.binary(max_size=600),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80),
+                 lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                 max_leaves=12).map(lambda value: json.dumps(value).encode()),
+    st.fixed_dictionaries({"text": st.text(max_size=300)},
+                          optional={"subjects": st.text(max_size=40) | st.integers() | st.none()})
+    .map(lambda value: json.dumps(value).encode())))
+def test_tokenize_route_never_fails_on_any_body(server, body):
+    started = time.monotonic()
+    status, answer = server.request("/attend_excite/tokenize", body)
+    assert status in (200, 400), answer
+    assert time.monotonic() - started < 5
+
+
+def test_tokenize_route_answers_long_prompts_in_bounded_time(server):
+    started = time.monotonic()
+    status, answer = server.request("/attend_excite/tokenize", {"text": "a red cat and a frog, " * 2900})
+    assert status == 200 and len(answer["tokens"]) > 10_000
+    assert time.monotonic() - started < 10

@@ -16,16 +16,22 @@ class StepLog:
     losses: list = field(default_factory=list)        # one (B,) list per evaluation
     peaks: list = field(default_factory=list)         # one (B, S) list per evaluation
     refinement_iterations: list = field(default_factory=list)   # (B,)
+    skipped_updates: int = 0   # row updates left out because their gradient was not finite
 
     def add(self, loss: torch.Tensor, peaks: torch.Tensor):
         self.losses.append(loss.detach().float().cpu().tolist())
         self.peaks.append(peaks.detach().float().cpu().tolist())
 
 
-def _descend(leaf, loss, step_size, rows=None):
+def _descend(leaf, loss, step_size, log: StepLog, rows=None):
+    """One gradient step on the rows that are moving (all by default). A row whose loss or
+    gradient is not finite (an fp16 overflow) keeps its latent, and the log counts it."""
     (grad,) = torch.autograd.grad(loss.sum(), leaf)
-    if rows is not None:
-        grad = grad * rows.view(-1, *([1] * (grad.dim() - 1))).to(grad)
+    moving = torch.ones(grad.shape[0], dtype=torch.bool) if rows is None else rows.clone()
+    finite = (torch.isfinite(grad).flatten(1).all(dim=1) & torch.isfinite(loss.detach())).cpu()
+    log.skipped_updates += int((moving & ~finite).sum())
+    moving &= finite
+    grad = torch.where(moving.to(grad.device).view(-1, *([1] * (grad.dim() - 1))), grad, torch.zeros_like(grad))
     return (leaf - step_size * grad).detach()
 
 
@@ -48,12 +54,12 @@ def excite(x: torch.Tensor, evaluate: Evaluate, step: int, step_size: float, alt
         while active.any():
             on_iteration(int(iterations.max()) + 1)
             iterations += active.long()
-            x = _descend(leaf, loss, step_size, active)
+            x = _descend(leaf, loss, step_size, log, active)
             still = active & (loss.detach() > target).cpu() & (iterations < max_refinement)
             leaf, loss, peaks = evaluate(x)
             log.add(loss, peaks)
             active = still
     log.refinement_iterations = iterations.tolist()
     if alter:
-        x = _descend(leaf, loss, step_size)
+        x = _descend(leaf, loss, step_size, log)
     return x.detach(), log

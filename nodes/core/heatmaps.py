@@ -16,8 +16,8 @@ RAMP = torch.tensor([[0.00, 0.00, 0.02], [0.26, 0.04, 0.41], [0.73, 0.21, 0.33],
 
 
 def colorize(values: torch.Tensor) -> torch.Tensor:
-    """(..., H, W) in [0, 1] -> (..., H, W, 3) along RAMP."""
-    position = values.clamp(0, 1) * (len(RAMP) - 1)
+    """(..., H, W) in [0, 1] -> (..., H, W, 3) along RAMP; NaN shows as 0."""
+    position = values.nan_to_num(0.0).clamp(0, 1) * (len(RAMP) - 1)
     low = position.floor().long().clamp(max=len(RAMP) - 2)
     frac = (position - low)[..., None]
     ramp = RAMP.to(values)

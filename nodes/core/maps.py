@@ -66,7 +66,10 @@ class SubjectScorer:
         picked = sharpened[..., self.picked.to(device)]                          # (B, h, w, C)
         pieces = picked.permute(0, 3, 1, 2).reshape(-1, 1, height, width)
         pad = self.kernel.shape[-1] // 2
-        smoothed = F.conv2d(F.pad(pieces, (pad,) * 4, mode="reflect"), self.kernel.to(pieces))
+        # The reference reflects; a map no larger than the padding (a tiny image, a large
+        # kernel) cannot be reflected, so its edge is repeated instead.
+        mode = "reflect" if pad < min(height, width) else "replicate"
+        smoothed = F.conv2d(F.pad(pieces, (pad,) * 4, mode=mode), self.kernel.to(pieces))
         smoothed = smoothed.reshape(batch, -1, height * width)                  # (B, C, hw)
         if self.one_piece_each:
             return smoothed.view(batch, self.count, height, width)

@@ -119,7 +119,7 @@ def resolve_subjects(spec: str, tokens: list[Token]) -> list[Subject]:
             raise SubjectError(f"no subject found automatically; name them in 'subjects'. The prompt's "
                                f"tokens are: {describe(tokens)}")
     else:
-        subjects = [_by_position(i, tokens) if i.isdigit() else _by_words(i, tokens) for i in items]
+        subjects = [_by_position(i, tokens) if i.isascii() and i.isdigit() else _by_words(i, tokens) for i in items]
     seen = set()
     for subject in subjects:
         if set(subject.columns) & seen:

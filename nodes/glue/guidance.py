@@ -66,6 +66,10 @@ def with_backward_attention(model_options: dict) -> dict:
     return {**model_options, "transformer_options": {**transformer_options, "optimized_attention_override": override}}
 
 
+def _copy_activation(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if isinstance(tensor, torch.nn.Parameter) else tensor.clone()
+
+
 class GuidancePass:
     """Scores a latent: the smoothed peak attention of every subject and the loss."""
 
@@ -80,6 +84,10 @@ class GuidancePass:
         self.recorder = recorder
         self.model_options = None
         self.last_maps = None     # (B, S, h, w) of the latest evaluation
+        # ComfyUI adds a ControlNet's output to the UNet's skip connections in place, after
+        # autograd saved them: with a control, saved activations are kept as copies.
+        self.saved = (torch.autograd.graph.saved_tensors_hooks(_copy_activation, lambda t: t)
+                      if "control" in positive_entry else contextlib.nullcontext())
 
     def evaluate(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
         """Under enable_grad: returns (leaf, loss (B,), peaks (B, S))."""
@@ -88,7 +96,8 @@ class GuidancePass:
         leaf = x.detach().clone().requires_grad_(True)
         self.recorder.reset()
         try:
-            comfy.samplers.calc_cond_batch(self.base_model, self.conds, leaf, sigma, self.model_options)
+            with self.saved:
+                comfy.samplers.calc_cond_batch(self.base_model, self.conds, leaf, sigma, self.model_options)
         except ForwardDone:
             pass
         maps = self.score.maps(self.recorder.take_average())

@@ -54,6 +54,17 @@ class Settings:
     map_level: int | None = None       # halvings of the latent at the recorded level; None: the family's
 
 
+def control_modules(entry: dict) -> list[torch.nn.Module]:
+    """The networks of the ControlNets / T2I adapters chained on a conditioning entry: the
+    guidance pass runs them, and ComfyUI loads their weights as inference tensors too."""
+    found, control = [], entry.get("control")
+    while control is not None:
+        found += [m for m in (getattr(control, "control_model", None), getattr(control, "t2i_model", None))
+                  if isinstance(m, torch.nn.Module)]
+        control = getattr(control, "previous_controlnet", None)
+    return found
+
+
 def _subjects_of(positive: list[dict], settings: Settings):
     for entry in positive:
         info = entry.get(SUBJECTS_KEY)
@@ -101,7 +112,7 @@ class GuidedRun:
         self.weights = contextlib.ExitStack()
         self.weights_swapped = False
         # Only what the truncated guidance forward runs needs weights that autograd can save.
-        self.guided_modules = modules_through(base_model.diffusion_model, recorder.blocks[-1])
+        self.guided_modules = modules_through(base_model.diffusion_model, recorder.blocks[-1]) + control_modules(entry)
 
     def before_model_call(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
         if self.pending:
@@ -144,15 +155,26 @@ class GuidedRun:
             comfy.model_management.throw_exception_if_processing_interrupted()
             _progress_text(f"Attend-and-Excite: step {step + 1}, refinement {iteration}/{s.max_refinement}")
 
+        out_of_memory = False
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 moved, log = excite(x, lambda z: self.guidance.evaluate(z, sigma, model_options), step, step_size,
                                     alter=step < s.steps_to_alter, threshold=s.thresholds.get(step),
                                     max_refinement=s.max_refinement, on_iteration=on_iteration)
+        except torch.OutOfMemoryError:
+            out_of_memory = True     # raised below, once this error's frames (and the graph) are released
         finally:
-            if not self.pending:
+            if not self.pending or out_of_memory:
                 self.close()
+        if out_of_memory:
+            raise torch.OutOfMemoryError(
+                f"Attend-and-Excite ran out of memory in its guidance pass (latent {tuple(x.shape)}, step {step + 1}): "
+                f"lower the image size or the batch size, or max_refinement; the model was left as it was")
         self.record.add(log, self.guidance.last_maps)
+        if log.skipped_updates:
+            logging.warning("Attend-and-Excite step %d: %d latent updates skipped because the loss or its gradient "
+                            "was not finite (an fp16 overflow?); those latents were left as they were", step + 1,
+                            log.skipped_updates)
         logging.info("Attend-and-Excite step %d: loss %s -> %s, peaks %s, refinement iterations %s", step + 1,
                      _rounded(log.losses[0]), _rounded(log.losses[-1]), _rounded(log.peaks[-1]),
                      log.refinement_iterations)
@@ -196,6 +218,9 @@ def attend_excite_sampler(sampler_name: str, settings: Settings, record: Attenti
     base = comfy.samplers.sampler_object(sampler_name)
 
     def sample(model_k, noise, sigmas, extra_args=None, callback=None, disable=None, **options):
+        if not torch.isfinite(noise).all():    # the noised latent the sampler starts from
+            raise ValueError("Attend-and-Excite: the latent to sample contains NaN or infinite values; check the "
+                             "node that made it (for instance a VAE Encode or an upscale in fp16)")
         run = GuidedRun(model_k, sigmas, settings, sampler_name, record)
         try:
             return base.sampler_function(GuidedModel(run, model_k), noise, sigmas, extra_args=extra_args,

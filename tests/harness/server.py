@@ -29,13 +29,18 @@ class Server:
             return f.read()
 
     def request(self, path: str, body=None, timeout: float = 60):
-        data = None if body is None else json.dumps(body).encode()
+        """(status, JSON answer); a bytes body is sent as it is."""
+        data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as response:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
+            text = error.read()
+            try:
+                return error.code, json.loads(text or b"null")
+            except ValueError:
+                return error.code, text.decode(errors="replace")
 
     def run_prompt(self, prompt: dict, timeout: float = 600) -> dict:
         """Queues an API-format prompt and waits for its history entry."""

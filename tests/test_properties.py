@@ -1,0 +1,124 @@
+"""Property tests (hypothesis) of the pure maths: token resolution on any prompt text,
+the maps and the loss, the schedule and the parsers. Each must hold for every input."""
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from attend_and_excite.nodes.core.losses import attend_excite_loss
+from attend_and_excite.nodes.core.maps import SubjectScorer, gaussian_kernel, kept_columns
+from attend_and_excite.nodes.core.schedule import build_schedule, parse_thresholds
+from attend_and_excite.nodes.core.tokens import EMBEDDING, PIECE, SubjectError, layout, resolve_subjects, words
+from attend_and_excite.nodes.glue.routes import tokenize
+from attend_and_excite.nodes.parameters import parse_token_indices
+
+QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+WORDS = ["cat", "frog", "a", "and", "red", "porcupine", "with", "the", "embedding:foo", "(dog:1.3)", "[bird]",
+         "\\(x\\)", "日本", "café", ",", ".", "  ", "\n", "😀", "with-hyphen", "x" * 40]
+PROMPTS = st.one_of(st.text(max_size=400), st.lists(st.sampled_from(WORDS), max_size=120).map(" ".join))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    import comfy.sd1_clip
+    return comfy.sd1_clip.SD1Tokenizer()
+
+
+def tokens_of(tokenizer, text):
+    inner = tokenizer.clip_l
+    return layout(tokenizer.tokenize_with_weights(text)["l"], inner.inv_vocab, inner.start_token, inner.end_token)
+
+
+@QUICK
+@given(text=PROMPTS)
+def test_any_prompt_resolves_to_its_own_words_or_a_subject_error(tokenizer, text):
+    tokens, end_columns = tokens_of(tokenizer, text)
+    assert len(tokens) % 77 == 0 and len(end_columns) == len(tokens) // 77
+    kinds = {t.column: t.kind for t in tokens}
+    try:
+        automatic = resolve_subjects("", tokens)
+    except SubjectError:
+        automatic = []
+    assert all(kinds[c] in (PIECE, EMBEDDING) for s in automatic for c in s.columns)
+    for word in words(tokens)[:5]:
+        # digits name a position by design ('2,5'), so a number word is chosen by its position instead
+        if word.label.strip(",.;:!? ") and word.label != "<embedding>" and not word.label.isdigit():
+            try:
+                chosen = resolve_subjects(word.label, tokens)
+            except SubjectError:
+                continue       # a word that normalises to nothing, or one whose pieces another subject holds
+            assert set(word.columns) <= set(chosen[0].columns)
+
+
+@QUICK
+@given(text=st.text(max_size=300), subjects=st.text(max_size=60))
+@example(text="a cat", subjects="²")          # a digit to str.isdigit, not to int()
+def test_the_route_answers_any_text_and_subjects_field(text, subjects):
+    answer = tokenize(text, subjects)
+    assert set(answer) == {"tokens", "words", "automatic", "chosen", "error"}
+    assert (answer["error"] is None) or answer["chosen"] == []
+
+
+@settings(max_examples=80, deadline=None)
+@given(batch=st.integers(1, 3), height=st.integers(1, 9), width=st.integers(1, 9), tokens=st.integers(3, 20),
+       data=st.data())
+def test_maps_and_loss_stay_in_range_with_finite_gradients(batch, height, width, tokens, data):
+    """Also maps no larger than the smoothing's padding (tiny images, large kernels)."""
+    kept = kept_columns(tokens, 77, [tokens - 1], drop_from_end=True)
+    columns = kept.tolist()
+    picked = data.draw(st.lists(st.sampled_from(columns), min_size=1, max_size=len(columns), unique=True))
+    split = data.draw(st.integers(1, len(picked)))
+    subjects = [picked[:split]] + ([picked[split:]] if picked[split:] else [])
+    scale = data.draw(st.sampled_from([1e-6, 1.0, 1e3]))
+    attention = (torch.rand(batch, height, width, tokens, generator=torch.Generator().manual_seed(len(picked)))
+                 * scale).requires_grad_(True)
+    kernel = gaussian_kernel(data.draw(st.sampled_from([1, 3, 5, 15])), data.draw(st.floats(0.1, 3.0)))
+    scorer = SubjectScorer(subjects, kept, kernel)
+    maps = scorer.maps(attention)
+    assert maps.shape == (batch, len(subjects), height, width)
+    assert torch.isfinite(maps).all() and (maps >= 0).all() and (maps <= 1 + 1e-6).all()
+    loss = attend_excite_loss(maps.amax(dim=(-1, -2)))
+    assert loss.shape == (batch,) and ((loss >= 0) & (loss <= 1)).all()
+    (grad,) = torch.autograd.grad(loss.sum(), attention)
+    assert torch.isfinite(grad).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.integers(1, 300), steps_to_alter=st.integers(0, 1000), schedule_steps=st.integers(1, 1000),
+       thresholds=st.dictionaries(st.integers(0, 1000), st.floats(0.0, 1.0), max_size=6),
+       scale=st.floats(0.0, 1000.0), start=st.floats(0.0, 10.0), end=st.floats(0.0, 10.0),
+       max_refinement=st.integers(0, 1000))
+def test_any_schedule_stays_within_the_steps(steps, steps_to_alter, schedule_steps, thresholds, scale, start, end,
+                                             max_refinement):
+    schedule = build_schedule(steps, steps_to_alter, thresholds, scale, (start, end), max_refinement, schedule_steps)
+    assert len(schedule.step_sizes) == steps
+    assert all(math.isfinite(a) and a >= 0 for a in schedule.step_sizes)
+    assert 0 <= schedule.steps_to_alter <= steps
+    assert all(0 <= step < steps and 0.0 <= value <= 1.0 for step, value in schedule.thresholds.items())
+    assert set(schedule.thresholds.values()) <= set(thresholds.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.one_of(st.text(max_size=80), st.lists(st.tuples(st.integers(-5, 100), st.floats(-1, 2)), max_size=5)
+                      .map(lambda pairs: ", ".join(f"{s}:{v}" for s, v in pairs))))
+def test_thresholds_parse_to_valid_pairs_or_say_what_is_wrong(text):
+    try:
+        parsed = parse_thresholds(text)
+    except ValueError as error:
+        assert "refinement thresholds" in str(error)
+        return
+    assert all(isinstance(k, int) and k >= 0 and 0.0 <= v <= 1.0 for k, v in parsed.items())
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet="0123456789+, ;x-", max_size=40) | st.text(max_size=40))
+@example(text="2,²")
+def test_token_indices_parse_to_positions_or_say_what_is_wrong(text):
+    try:
+        parsed = parse_token_indices(text)
+    except ValueError as error:
+        assert "token_indices" in str(error)
+        return
+    assert all(s and all(isinstance(p, int) and p >= 0 for p in s) for s in parsed)
