@@ -112,6 +112,23 @@ def test_guidance_pass_records_the_level_maps_and_has_a_gradient():
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+def test_the_loss_is_fp32_on_an_fp16_model():
+    import comfy.conds
+    model = support.tiny_model(config=dict(support.TINY_UNET, dtype=torch.float16))
+    recorder = AttentionRecorder(blocks_at_level(model.model.diffusion_model, 2))
+    context = support.random_conditioning(1)[0][0].half()
+    entry = {"model_conds": {"c_crossattn": comfy.conds.CONDCrossAttn(context)}, "uuid": "positive"}
+    guidance = GuidancePass(model.model, entry, [[2], [5]], 77, [6], False, recorder, 3, 0.5)
+    model.model.current_patcher = model
+    assert next(model.model.diffusion_model.parameters()).dtype == torch.float16
+    with torch.enable_grad():
+        leaf, loss, peaks = guidance.evaluate(torch.randn(1, 4, 16, 16) * 14.6, torch.tensor([14.6]),
+                                              model.model_options)
+        (grad,) = torch.autograd.grad(loss.sum(), leaf)
+    assert loss.dtype == peaks.dtype == guidance.last_maps.dtype == torch.float32
+    assert torch.isfinite(grad).all()
+
+
 @pytest.mark.parametrize("sampler_name", comfy.samplers.KSampler.SAMPLERS)
 def test_zero_scale_equals_the_stock_ksampler(model, sampler_name):
     off = Settings(steps_to_alter=3, thresholds={0: 1.0}, max_refinement=1, scale_factor=0.0, schedule_steps=6)

@@ -53,6 +53,18 @@ def test_example_workflow_converts_and_validates(server, object_info, path):
     assert users_checkpoint[mini_family(path)] in errors   # the users' checkpoint name, absent here
 
 
+@pytest.mark.parametrize("name, value, message", [("max_refinement", -1, "smaller than min of 0"),
+                                                  ("scale_factor", 1e9, "bigger than max of 1000"),
+                                                  ("smoothing_kernel", 0, "smaller than min of 1")])
+def test_out_of_range_numbers_are_stopped_at_queue_time(server, object_info, name, value, message):
+    with open(EXAMPLE) as f:
+        prompt = to_api(json.load(f), object_info)
+    guided = next(node for node in prompt.values() if node["class_type"] == "AttendExciteKSampler")
+    guided["inputs"][name] = value
+    status, answer = server.request("/prompt", {"prompt": prompt})
+    assert status == 400 and message in json.dumps(answer["node_errors"])
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
 def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoints, path):
     _, checkpoints = mini_checkpoints
