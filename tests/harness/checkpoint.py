@@ -3,7 +3,7 @@
 Full-size text encoders and VAE (detection and the text encoders' configs fix their
 shapes) and a small UNet with the family's width, context and transformer depths, so
 that the loader's detection sees the real family and the latent/4 level has
-cross-attention. Written in the checkpoint layout by ComfyUI's own saving conversion
+cross-attention. Written in the checkpoint layout by ComfyUI's own saving conversions
 (about 0.6 GB for SD15, 2.4 GB for SDXL, fp16; made in seconds). Their images are
 noise: they show that the pipeline runs, nothing more. Never commit one.
 Usage: python tests/harness/checkpoint.py sd15|sdxl OUT.safetensors (inside the harness env).
@@ -55,7 +55,11 @@ def make_mini(family: str, path: str, seed: int = 0):
     vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=SD_VAE, embed_dim=4)
     for part in (model.diffusion_model, clip, vae):
         _initialise(part, seed)
-    state = model.state_dict_for_saving(clip.state_dict(), vae.state_dict())
+    # the config's own conversions (BaseModel.state_dict_for_saving changed its signature across releases)
+    config = model.model_config
+    state = config.process_unet_state_dict_for_saving(model.diffusion_model.state_dict())
+    state.update(config.process_clip_state_dict_for_saving(clip.state_dict()))
+    state.update(config.process_vae_state_dict_for_saving(vae.state_dict()))
     comfy.utils.save_torch_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
 
 
