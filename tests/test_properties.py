@@ -1,6 +1,9 @@
 """Property tests (hypothesis) of the pure maths: token resolution on any prompt text,
 the maps and the loss, the schedule and the parsers. Each must hold for every input."""
+import asyncio
+import json
 import math
+import sys
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from attend_and_excite.nodes.core.losses import attend_excite_loss
 from attend_and_excite.nodes.core.maps import SubjectScorer, gaussian_kernel, kept_columns
 from attend_and_excite.nodes.core.schedule import build_schedule, parse_thresholds
 from attend_and_excite.nodes.core.tokens import EMBEDDING, PIECE, SubjectError, layout, resolve_subjects, words
-from attend_and_excite.nodes.glue.routes import tokenize
+from attend_and_excite.nodes.glue.routes import tokenize, tokenize_route
 from attend_and_excite.nodes.parameters import parse_token_indices
 
 QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -59,6 +62,40 @@ def test_the_route_answers_any_text_and_subjects_field(text, subjects):
     answer = tokenize(text, subjects)
     assert set(answer) == {"tokens", "words", "automatic", "chosen", "error"}
     assert (answer["error"] is None) or answer["chosen"] == []
+
+
+class Body:
+    """What the route reads of an aiohttp request: its body stream."""
+
+    def __init__(self, data: bytes):
+        self.content = self
+        self.data = data
+
+    async def read(self, limit: int) -> bytes:
+        return self.data[:limit]
+
+
+AUDITED = []     # Python's audit events (open, socket.*, subprocess.*, os.*, ...) while `auditing`
+auditing = False
+sys.addaudithook(lambda event, args: AUDITED.append(event) if auditing else None)
+
+
+async def audited_route_call(body: bytes):
+    global auditing
+    auditing = True
+    try:
+        return await tokenize_route(Body(body))
+    finally:
+        auditing = False
+
+
+@QUICK
+@given(text=st.text(max_size=300), subjects=st.text(max_size=40))
+def test_the_route_opens_no_file_socket_or_process(text, subjects):
+    tokenize("warm-up")       # the tokenizer's vocabulary is read once, at the first call
+    AUDITED.clear()
+    response = asyncio.run(audited_route_call(json.dumps({"text": text, "subjects": subjects}).encode()))
+    assert response.status == 200 and AUDITED == []
 
 
 @settings(max_examples=80, deadline=None)

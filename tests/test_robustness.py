@@ -140,3 +140,26 @@ def test_a_controlnet_on_the_positive_conditioning_runs_through_the_guidance_pas
     assert record.logs[0].losses[0] != plain_record.logs[0].losses[0]     # the control acted in the guidance pass
     assert torch.isfinite(guided).all() and not torch.equal(guided, stock)
     assert all(p.is_inference() for p in control.control_model.parameters())
+
+
+@pytest.mark.parametrize("conditioning_batch, latent_batch", [(2, 3), (3, 2)])
+def test_latent_rows_meet_the_conditioning_rows_that_comfyui_pairs_them_with(model, conditioning_batch,
+                                                                              latent_batch):
+    """ComfyUI repeats or cuts a conditioning batch to the latent's (repeat_to_batch_size); the
+    guidance pass must score each latent row against the same conditioning row as sampling does."""
+    rows = torch.randn(conditioning_batch, 77, 64, generator=torch.Generator().manual_seed(1))
+    negative = support.random_conditioning(2)
+    latent = torch.zeros(latent_batch, 4, 8, 8)
+
+    def peaks_with(conditioning, settings=GUIDED):
+        out, record = support.sample(model, "dpmpp_2m", settings, [[conditioning, dict(SUBJECTS)]], negative, latent)
+        return out, torch.tensor(record.logs[0].peaks[0])
+
+    _, peaks = peaks_with(rows)
+    for row in range(latent_batch):
+        _, alone = peaks_with(rows[row % conditioning_batch].unsqueeze(0))   # one row, repeated to every latent row
+        assert torch.allclose(peaks[row], alone[row], atol=1e-6)
+    assert not torch.allclose(peaks[0], peaks[1])
+    off, _ = peaks_with(rows, OFF)
+    stock, _ = support.sample(model, "dpmpp_2m", OFF, [[rows, dict(SUBJECTS)]], negative, latent, stock=True)
+    assert torch.equal(off, stock)

@@ -5,6 +5,7 @@ import os
 import time
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -85,6 +86,45 @@ def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoints,
         assert len(log["subjects"]) == 2 and [s["step"] for s in log["steps"]] == [0, 1, 2]
         assert all(s["refinement_iterations"][0] <= 2 for s in log["steps"])     # the cap applies
         assert log["model"] == {"sd15": "SD1.x", "sdxl": "SDXL"}[family]     # as ComfyUI's loader detected it
+
+
+def node_of(prompt: dict, class_type: str) -> str:
+    return next(node_id for node_id, node in prompt.items() if node["class_type"] == class_type)
+
+
+def test_guided_and_plain_samplers_on_one_model_do_not_affect_each_other_in_either_order(server, object_info,
+                                                                                       mini_checkpoints):
+    """The example graph (Attend-and-Excite and a plain KSampler on one loaded model), each order forced by
+    feeding the second sampler an empty latent sized from the first one's image."""
+    from safetensors.torch import load_file
+    base, checkpoints = mini_checkpoints
+    fresh = "mini_sd15_isolation.safetensors"    # a model object that nothing has sampled with before
+    link = base / "models" / "checkpoints" / fresh
+    if not link.exists():
+        link.symlink_to(base / "models" / "checkpoints" / checkpoints["sd15"])
+    example = example_prompt(object_info, fresh, steps=4, size=64, max_refinement=2)
+    guided, plain = node_of(example, "AttendExciteKSampler"), node_of(example, "KSampler")
+    decoded = {example[n]["inputs"]["samples"][0]: n for n in example if example[n]["class_type"] == "VAEDecode"}
+    latents = {}
+    for first, second in ((plain, guided), (guided, plain)):
+        prompt = json.loads(json.dumps(example))
+        prompt["size"] = {"class_type": "GetImageSize", "inputs": {"image": [decoded[first], 0]}}
+        prompt["empty"] = {"class_type": "EmptyLatentImage",
+                           "inputs": {"width": ["size", 0], "height": ["size", 1], "batch_size": 1}}
+        prompt[second]["inputs"]["latent_image"] = ["empty", 0]
+        for name, sampler in (("guided", guided), ("plain", plain)):
+            prompt["save_" + name] = {"class_type": "SaveLatent",
+                                      "inputs": {"samples": [sampler, 0], "filename_prefix": "isolation_" + name}}
+        result = server.run_prompt(prompt)
+        assert result["status"]["status_str"] == "success", result["status"]
+        for name in ("guided", "plain"):
+            saved = result["outputs"]["save_" + name]["latents"][0]
+            path = base / "output" / saved["subfolder"] / saved["filename"]
+            latents[first, name] = load_file(str(path))["latent_tensor"]
+    assert latents[plain, "plain"].shape == (1, 4, 8, 8)
+    for name in ("guided", "plain"):
+        assert torch.equal(latents[plain, name], latents[guided, name]), name
+    assert not torch.equal(latents[plain, "guided"], latents[plain, "plain"])
 
 
 def test_sampler_node_with_sampler_custom_advanced(server, mini_checkpoints):
