@@ -1,6 +1,6 @@
 # The two entry points of the README. Both build the test environment once
 # (a venv with ComfyUI 0.3.75, or the tree in COMFYUI_DIR) under .comfy/.
-.PHONY: example test thumbnails benchmark
+.PHONY: example test thumbnails benchmark demo-model fidelity
 
 example:
 	bash tests/harness/comfy_env.sh python tests/harness/run_example.py $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
@@ -16,3 +16,11 @@ thumbnails:
 # Plain KSampler against Attend-and-Excite: time, ratio, peak memory, per-part profile (see the README).
 benchmark:
 	bash tests/harness/comfy_env.sh python tests/harness/benchmark.py
+
+# The demo model's weights (nodes/demo/), trained again from their fixed seed, and the
+# fidelity benchmark on them (plain against Attend-and-Excite; see the README).
+demo-model:
+	bash tests/harness/comfy_env.sh python tests/harness/train_demo.py
+
+fidelity:
+	bash tests/harness/comfy_env.sh python tests/harness/fidelity.py

@@ -13,10 +13,13 @@ class Family:
 SD1 = Family("SD1.x", ("SD15",), drop_from_end=False)
 SD2 = Family("SD2.x", ("SD15",), drop_from_end=True)
 SDXL = Family("SDXL", ("SDXL", "SDXL_Playground_2_5"), drop_from_end=True)
+# The package's demo model (glue/demo_model.py): 128 px pictures, so its maps are read at
+# latent/2 (8 x 8; latent/4 would give 4 x 4).
+DEMO = Family("SD1.x demo (shapes)", ("SD15",), drop_from_end=False, map_level=1)
 
 # ComfyUI's config classes (comfy.supported_models); subclasses such as SSD-1B, Vega,
 # KOALA and the instruct-pix2pix variants are found through their bases.
-FAMILIES = {"SD15": SD1, "SD20": SD2, "SDXL": SDXL}
+FAMILIES = {"SD15": SD1, "SD20": SD2, "SDXL": SDXL, "AttendExciteShapesDemo": DEMO}
 # Subclasses of a supported config that are not text-to-image models.
 NOT_TEXT_TO_IMAGE = {"SD_X4Upscaler", "LotusD"}
 
@@ -32,6 +35,6 @@ def detect_family(base_model) -> Family:
         family = FAMILIES.get(cls.__name__)
         if family is not None and latent_format in family.latent_formats:
             return family
-    supported = ", ".join(f.name for f in FAMILIES.values())
+    supported = ", ".join(f.name for f in (SD1, SD2, SDXL))
     raise ValueError(f"Attend-and-Excite supports {supported} models (UNet models with cross-attention); this "
                      f"model is {type(config).__name__}, which is not supported")

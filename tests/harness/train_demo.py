@@ -1,0 +1,290 @@
+"""Trains the demo model (nodes/glue/demo_model.py) on pictures of coloured shapes.
+
+    python tests/harness/train_demo.py [--work DIR] [--device cpu|cuda] [--out FILE]
+
+Two stages, each resumable from the files it keeps in --work: the autoencoder, then
+the UNet and the text model together. Every batch is drawn from --seed and its step
+number, so a resumed run trains on what an uninterrupted one would have.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from support import import_comfy, import_package  # noqa: E402
+
+CHECKPOINT_EVERY = 200
+SHAPE_WEIGHT = 4.0      # the autoencoder's loss on a shape's pixels, over the background's: colours come first
+
+
+def reset(module: torch.nn.Module, seed: int):
+    """ComfyUI's layers skip their initialisation (weights are loaded): give each the
+    one of its torch.nn class, from `seed`."""
+    torch.manual_seed(seed)
+    for m in module.modules():
+        cls = next((c for c in type(m).__mro__ if c.__module__.startswith("torch.nn.modules")
+                    and "reset_parameters" in c.__dict__), None)
+        if cls is not None:
+            cls.reset_parameters(m)
+        if isinstance(m, torch.nn.Embedding):
+            torch.nn.init.normal_(m.weight, std=0.02)
+
+
+def scenes(seed: int, step: int, count: int, two_share: float):
+    from attend_and_excite.nodes.core.shapes import random_scene
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return [random_scene(generator, bool(torch.rand((), generator=generator) < two_share)) for _ in range(count)]
+
+
+def crops(batch: list, seed: int, step: int, size: int = 64) -> torch.Tensor:
+    """A square of each picture around its first shape: the autoencoder is convolutional,
+    and a quarter of the pixels, none of them only background, trains it faster."""
+    generator = torch.Generator().manual_seed(seed * 3_000_017 + step)
+    images = pictures(batch)
+    limit = images.shape[-1] - size
+    out = []
+    for image, shapes in zip(images, batch):
+        x, y = (min(max(int(c) - int(torch.randint(size, (), generator=generator)), 0), limit)
+                for c in (shapes[0].x, shapes[0].y))
+        out.append(image[:, y:y + size, x:x + size])
+    return torch.stack(out)
+
+
+def pictures(batch) -> torch.Tensor:
+    from attend_and_excite.nodes.core.shapes import draw
+    return torch.stack([draw(s) for s in batch]) * 2 - 1
+
+
+class Stage:
+    """A model, its optimiser and an exponential average of its weights, saved every
+    CHECKPOINT_EVERY steps to `path` and resumed from it."""
+
+    def __init__(self, path: str, parameters: list, lr: float, steps: int, ema: float):
+        self.path, self.steps, self.step = path, steps, 0
+        self.parameters = parameters
+        self.optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+        self.lr = lr
+        self.ema_decay = ema
+        self.ema = [p.detach().clone() for p in parameters]
+        if os.path.exists(path):
+            saved = torch.load(path, map_location="cpu")
+            self.step = saved["step"]
+            with torch.no_grad():
+                for p, value in zip(parameters, saved["parameters"]):
+                    p.copy_(value)
+                for e, value in zip(self.ema, saved["ema"]):
+                    e.copy_(value)
+            self.optimiser.load_state_dict(saved["optimiser"])
+            print(f"resumed {os.path.basename(path)} at step {self.step}", flush=True)
+
+    def update(self, loss: torch.Tensor):
+        warmup = min(1.0, (self.step + 1) / 100)
+        cosine = 0.5 * (1 + math.cos(math.pi * self.step / self.steps))
+        for group in self.optimiser.param_groups:
+            group["lr"] = self.lr * warmup * (0.1 + 0.9 * cosine)
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
+        self.optimiser.step()
+        decay = min(self.ema_decay, (1 + self.step) / (10 + self.step))   # the average forgets the init early
+        with torch.no_grad():
+            for e, p in zip(self.ema, self.parameters):
+                e.lerp_(p, 1 - decay)
+        self.step += 1
+        if self.step % CHECKPOINT_EVERY == 0 or self.step == self.steps:
+            self.save()
+
+    def save(self):
+        state = {"step": self.step, "parameters": [p.detach().cpu() for p in self.parameters],
+                 "ema": [e.cpu() for e in self.ema], "optimiser": self.optimiser.state_dict()}
+        torch.save(state, self.path + ".tmp")
+        os.replace(self.path + ".tmp", self.path)
+
+    def use_average(self):
+        with torch.no_grad():
+            for p, e in zip(self.parameters, self.ema):
+                p.copy_(e)
+
+
+def train_vae(args, device):
+    from attend_and_excite.nodes.core.shapes import BACKGROUND
+    from attend_and_excite.nodes.glue import demo_model
+    vae = demo_model.vae_model(vae_config(args)).to(device)
+    reset(vae, args.seed)
+    stage = Stage(os.path.join(args.work, "vae.pt"), list(vae.parameters()), args.vae_lr, args.vae_steps, 0.999)
+    background = torch.tensor(BACKGROUND, device=device).view(1, 3, 1, 1) * 2 - 1
+    started = time.time()
+    while stage.step < stage.steps:
+        images = crops(scenes(args.seed, stage.step, args.vae_batch, 0.5), args.seed, stage.step).to(device)
+        moments = vae.quant_conv(vae.encoder(images))
+        mean, logvar = moments.chunk(2, dim=1)
+        logvar = logvar.clamp(-30, 20)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        decoded = vae.decoder(vae.post_quant_conv(z))
+        kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3)).mean()
+        error = (decoded - images).abs()
+        shape_pixels = 1 + SHAPE_WEIGHT * ((images - background).abs().amax(dim=1, keepdim=True) > 0.1)
+        loss = (shape_pixels * (error + error ** 2)).mean() + 1e-6 * kl
+        stage.update(loss)
+        if stage.step % 50 == 0:
+            print(f"vae {stage.step}/{stage.steps} loss {loss.item():.4f} ({time.time() - started:.0f} s)", flush=True)
+    stage.use_average()
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def scale_latents(vae, args, device):
+    """Rescales the latent space in place so that the SD1 latent scale (0.18215) brings it
+    to unit variance, the variance the UNet's noise schedule assumes."""
+    import comfy.latent_formats
+    images = pictures(scenes(args.seed, -1, 256, 0.5)).to(device)
+    mean = vae.quant_conv(vae.encoder(images)).chunk(2, dim=1)[0]
+    factor = 1 / (comfy.latent_formats.SD15().scale_factor * mean.std().item())
+    channels = mean.shape[1]
+    vae.quant_conv.weight[:channels] *= factor
+    vae.quant_conv.bias[:channels] *= factor
+    vae.quant_conv.bias[channels:] += 2 * math.log(factor)
+    vae.post_quant_conv.weight /= factor
+
+
+@torch.no_grad()
+def encode_dataset(vae, args, device):
+    from attend_and_excite.nodes.core.shapes import caption
+    path = os.path.join(args.work, "latents.pt")
+    if os.path.exists(path):
+        return torch.load(path)
+    latents, captions = [], []
+    for chunk in range(args.dataset // 256):
+        batch = scenes(args.seed + 1, chunk, 256, args.two_share)
+        latents.append(vae.quant_conv(vae.encoder(pictures(batch).to(device))).chunk(2, dim=1)[0].cpu())
+        captions += [caption(s) for s in batch]
+    data = {"latents": torch.cat(latents), "captions": captions}
+    torch.save(data, path)
+    return data
+
+
+def encode(clip, texts: list[str]) -> torch.Tensor:
+    """(len(texts), 77, width): what CLIP Text Encode gives for each one-chunk prompt, with gradients."""
+    chunks = [[token for token, _ in clip.tokenize(t)["l"][0]] for t in texts]
+    return clip.cond_stage_model.clip_l.encode(chunks)[0]
+
+
+def train_diffusion(args, device, data):
+    from attend_and_excite.nodes.glue import demo_model
+    unet = demo_model.build_unet(unet=unet_config(args)).to(device)
+    reset(unet.diffusion_model, args.seed + 2)
+    clip = demo_model.build_clip()
+    text = clip.cond_stage_model.to(device)
+    reset(text, args.seed + 3)
+    parameters = list(unet.diffusion_model.parameters()) + list(text.parameters())
+    stage = Stage(os.path.join(args.work, "diffusion.pt"), parameters, args.lr, args.steps, 0.999)
+    latents = unet.process_latent_in(data["latents"]).to(device)
+    captions = data["captions"]
+    sigmas = unet.model_sampling.sigmas.to(device)
+    started = time.time()
+    while stage.step < stage.steps:
+        generator = torch.Generator().manual_seed(args.seed * 7_000_003 + stage.step)
+        rows = torch.randint(len(captions), (args.batch,), generator=generator)
+        texts = ["" if torch.rand((), generator=generator) < 0.1 else captions[i] for i in rows.tolist()]
+        x0 = latents[rows.to(device)]
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        sigma = sigmas[torch.randint(len(sigmas), (args.batch,), generator=generator).to(device)]
+        context = encode(clip, texts)
+        noisy = x0 + noise * sigma.view(-1, 1, 1, 1)
+        denoised = unet.apply_model(noisy, sigma, c_crossattn=context.to(device))
+        predicted_noise = (noisy - denoised) / sigma.view(-1, 1, 1, 1)
+        loss = F.mse_loss(predicted_noise, noise)
+        stage.update(loss)
+        if stage.step % 50 == 0:
+            print(f"diffusion {stage.step}/{stage.steps} loss {loss.item():.4f} ({time.time() - started:.0f} s)",
+                  flush=True)
+    stage.use_average()
+    return unet, text
+
+
+def unet_config(args) -> dict:
+    from attend_and_excite.nodes.glue import demo_model
+    return dict(demo_model.UNET, model_channels=args.unet_channels)
+
+
+def vae_config(args) -> dict:
+    from attend_and_excite.nodes.glue import demo_model
+    return dict(demo_model.VAE, ch=args.vae_channels)
+
+
+def used_tokens(clip) -> list[int]:
+    from attend_and_excite.nodes.core.shapes import COLOURS, SHAPES
+    words = " ".join(["a and", *COLOURS, *SHAPES])
+    return sorted({token for chunk in clip.tokenize(words)["l"] for token, _ in chunk})
+
+
+def arguments() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default=os.path.join(os.path.dirname(os.path.dirname(HERE)), "out", "demo_training"))
+    parser.add_argument("--out", help="where to write the weights; default: the package's demo weights")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-steps", type=int, default=400)
+    parser.add_argument("--vae-batch", type=int, default=16)
+    parser.add_argument("--vae-lr", type=float, default=2e-3)
+    parser.add_argument("--dataset", type=int, default=8192)
+    parser.add_argument("--two-share", type=float, default=0.3, help="share of two-shape pictures")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--unet-channels", type=int, default=32)
+    parser.add_argument("--vae-channels", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    return parser
+
+
+def training_settings(args) -> dict:
+    """What decides the weights (not where they go or which device computes them)."""
+    return {k: v for k, v in vars(args).items() if k not in ("work", "out", "device")}
+
+
+def main():
+    args = arguments().parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    settings = training_settings(args)
+    settings_path = os.path.join(args.work, "settings.json")
+    if os.path.exists(settings_path):
+        with open(settings_path) as f:
+            if json.load(f) != settings:
+                sys.exit(f"{args.work} holds a run with other settings; give another --work")
+    with open(settings_path, "w") as f:
+        json.dump(settings, f)
+    import_comfy(cpu=args.device == "cpu")
+    import_package()
+    from attend_and_excite.nodes.glue import demo_model
+    device = torch.device(args.device)
+    started = time.time()
+    scaled = os.path.join(args.work, "vae_scaled.pt")
+    if os.path.exists(scaled):
+        vae = demo_model.vae_model(vae_config(args)).to(device).eval().requires_grad_(False)
+        vae.load_state_dict(torch.load(scaled))
+    else:
+        vae = train_vae(args, device)
+        scale_latents(vae, args, device)
+        torch.save(vae.state_dict(), scaled)
+    data = encode_dataset(vae, args, device)
+    unet, text = train_diffusion(args, device, data)
+    out = args.out or demo_model.WEIGHTS
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    from safetensors.torch import save_file
+    state = demo_model.pack(unet.diffusion_model, text, vae, used_tokens(demo_model.build_clip()))
+    metadata = {"settings": json.dumps(settings), "unet": json.dumps(unet_config(args)),
+                "vae": json.dumps(vae_config(args))}
+    save_file({k: v.contiguous().cpu() for k, v in state.items()}, out, metadata=metadata)
+    print(f"wrote {out} ({os.path.getsize(out) / 2 ** 20:.1f} MiB) in {time.time() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
