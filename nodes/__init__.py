@@ -1,6 +1,7 @@
 """Attend-and-Excite for ComfyUI: thin V3 nodes over nodes.core (maths) and nodes.glue (ComfyUI)."""
 from comfy_api.latest import ComfyExtension, io
 
+from .demo_loader import AttendExciteDemoModelLoader
 from .glue.routes import register_routes
 from .heatmaps import AttendExciteHeatmapOverlay, AttendExciteHeatmaps
 from .ksampler import AttendExciteKSampler
@@ -13,4 +14,4 @@ register_routes()  # at import: ComfyUI adds custom routes once every node pack 
 class AttendExciteExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [AttendExciteTextEncode, AttendExciteKSampler, AttendExciteSampler, AttendExciteHeatmaps,
-                AttendExciteHeatmapOverlay]
+                AttendExciteHeatmapOverlay, AttendExciteDemoModelLoader]

@@ -13,7 +13,7 @@ from harness.run_example import EXAMPLE, example_prompt, mini_family
 from harness.workflow import to_api
 
 NODE_IDS = ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
-            "AttendExciteHeatmapOverlay")
+            "AttendExciteHeatmapOverlay", "AttendExciteDemoModelLoader")
 SHOWS_A_TILE_PER_SUBJECT = ("AttendExciteKSampler", "AttendExciteHeatmaps", "AttendExciteHeatmapOverlay")
 EXAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(EXAMPLE), "*.json")))
 
@@ -27,6 +27,7 @@ def test_package_imports_and_lists_its_nodes(server, object_info):
         assert info["category"] == "sampling/attend_and_excite" and info["python_module"].startswith("custom_nodes.")
     assert object_info["AttendExciteKSampler"]["output"] == ["LATENT", "IMAGE", "IMAGE", "AE_ATTENTION", "STRING"]
     assert object_info["AttendExciteSampler"]["output"] == ["SAMPLER", "AE_ATTENTION"]
+    assert object_info["AttendExciteDemoModelLoader"]["output"] == ["MODEL", "CLIP", "VAE"]
     assert object_info["AttendExciteHeatmaps"]["output_node"] and object_info["AttendExciteHeatmapOverlay"]["output_node"]
 
 
@@ -34,7 +35,7 @@ def test_examples_are_listed_as_templates_with_thumbnails(server):
     status, templates = server.request("/api/workflow_templates")
     assert status == 200
     names = sorted(os.path.splitext(os.path.basename(p))[0] for p in EXAMPLES)
-    assert sorted(templates["attend-and-excite"]) == names and len(names) == 3
+    assert sorted(templates["attend-and-excite"]) == names and len(names) == 4
     for path in EXAMPLES:
         assert os.path.getsize(path[:-len(".json")] + ".jpg") > 10_000, path
 
@@ -51,7 +52,10 @@ def test_example_workflow_converts_and_validates(server, object_info, path):
     errors = json.dumps(answer["node_errors"])
     assert "cannot read '0=1'" in errors                  # our validation, at queue time
     users_checkpoint = {"sd15": "v1-5-pruned-emaonly.safetensors", "sdxl": "sd_xl_base_1.0.safetensors"}
-    assert users_checkpoint[mini_family(path)] in errors   # the users' checkpoint name, absent here
+    if mini_family(path) == "demo":
+        assert "ckpt_name" not in errors                   # the demo model ships with the package
+    else:
+        assert users_checkpoint[mini_family(path)] in errors   # the users' checkpoint name, absent here
 
 
 @pytest.mark.parametrize("name, value, message", [("max_refinement", -1, "smaller than min of 0"),
@@ -71,21 +75,22 @@ def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoints,
     _, checkpoints = mini_checkpoints
     family = mini_family(path)
     # random weights never reach a threshold: cap refinement to keep the run short
-    prompt = example_prompt(object_info, checkpoints[family], steps=6, size=128, path=path, max_refinement=2)
+    prompt = example_prompt(object_info, checkpoints.get(family), steps=6, size=128, path=path, max_refinement=2)
+    batch = next(n["inputs"]["batch_size"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage")
     result = server.run_prompt(prompt)
     assert result["status"]["status_str"] == "success", result["status"]
     for node_id, node in prompt.items():
         images = result["outputs"].get(node_id, {}).get("images", [])
         if node["class_type"] in ("SaveImage", "PreviewImage"):
-            assert len(images) == 1, node
+            assert len(images) == batch, node
         if node["class_type"] in SHOWS_A_TILE_PER_SUBJECT:
-            assert len(images) == 2 and {i["type"] for i in images} == {"temp"}, node   # two subjects, one image
+            assert len(images) == 2 * batch and {i["type"] for i in images} == {"temp"}, node   # two subjects
     logs = [json.loads(o["text"][0]) for o in result["outputs"].values() if "text" in o]
     assert len(logs) == sum(node["class_type"] == "PreviewAny" for node in prompt.values())
     for log in logs:
         assert len(log["subjects"]) == 2 and [s["step"] for s in log["steps"]] == [0, 1, 2]
         assert all(s["refinement_iterations"][0] <= 2 for s in log["steps"])     # the cap applies
-        assert log["model"] == {"sd15": "SD1.x", "sdxl": "SDXL"}[family]     # as ComfyUI's loader detected it
+        assert log["model"] == {"sd15": "SD1.x", "sdxl": "SDXL", "demo": "SD1.x demo (shapes)"}[family]
 
 
 def node_of(prompt: dict, class_type: str) -> str:

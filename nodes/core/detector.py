@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from .shapes import BACKGROUND, COLOURS
 
 MAX_COLOUR_DISTANCE = 0.3     # RGB distance in [0, 1] units to the nearest palette colour
-MIN_AREA = 80                 # pixels at 128 px; smaller blobs are noise (RADII give 330 and more)
+MIN_AREA = 80                 # pixels at 128 px; smaller blobs are noise (RADII give 500 and more)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ COLOURS = {"red": (0.86, 0.16, 0.16), "green": (0.16, 0.66, 0.24), "blue": (0.16
 SHAPES = ("circle", "square", "triangle")
 BACKGROUND = (0.95, 0.95, 0.95)
 IMAGE_SIZE = 128
-RADII = (13.0, 22.0)       # half the side of the shape's box, in pixels of IMAGE_SIZE
+RADII = (16.0, 26.0)       # half the side of the shape's box, in pixels of IMAGE_SIZE
 GAP = 4.0                  # the least distance between two shapes' boxes
 
 

@@ -4,7 +4,7 @@ same seeds and settings.
 
     python tests/harness/fidelity.py [--weights FILE] [--seeds N] [--out DIR]
 
-Writes fidelity.json, fidelity.md (the table) and fidelity_grid.png to --out.
+Writes fidelity.json, fidelity.md (the table) and fidelity_grid.jpg to --out.
 """
 import argparse
 import json
@@ -137,7 +137,7 @@ def main():
     shown = pairs[:: max(1, len(pairs) // 6)][:6]
     rows = [pictures[pair, guided][:8] for pair in shown for guided in (False, True)]
     picture = (grid(rows) * 255).round().byte().permute(1, 2, 0).numpy()
-    Image.fromarray(picture).save(os.path.join(args.out, "fidelity_grid.png"))
+    Image.fromarray(picture).save(os.path.join(args.out, "fidelity_grid.jpg"), quality=90)
     print(table(results))
     print(f"{len(pairs)} prompts x {len(seeds)} seeds x {args.images} images in {time.time() - started:.0f} s; "
           f"written to {args.out}")

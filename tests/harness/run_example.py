@@ -1,14 +1,16 @@
-"""The main job: run the package's example workflow headless on a real ComfyUI.
+"""The main job: run an example workflow headless on a real ComfyUI.
 
     python tests/harness/run_example.py [--checkpoint FILE] [--out DIR] [--steps N] [--size PX]
 
-With --checkpoint (an SD1.x .safetensors/.ckpt), the workflow runs on it. Without,
-it runs on a generated random-weight checkpoint: its images are noise and only show
-that the pipeline runs. Images and the per-step log land in the folder it prints.
+Without --checkpoint it runs the demo workflow on the demo model that ships with the
+package (no download, a CPU is enough): plain KSampler and Attend-and-Excite on the same
+seeds, written as one comparison picture, with the heatmaps, to the folder it prints.
+With --checkpoint (an SD1.x .safetensors/.ckpt) it runs the SD1.5 example on that file.
 """
 import argparse
 import json
 import os
+import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -18,32 +20,24 @@ from harness.server import REPO, running_server  # noqa: E402
 from harness.workflow import to_api  # noqa: E402
 
 EXAMPLE = os.path.join(REPO, "example_workflows", "attend_and_excite_sd15.json")
-GENERATED = "mini_sd15_random_weights.safetensors"
+DEMO_EXAMPLE = os.path.join(REPO, "example_workflows", "attend_and_excite_demo.json")
 
 
-def prepare_checkpoint(base: str, checkpoint: str | None) -> str:
+def link_checkpoint(base: str, checkpoint: str) -> str:
     folder = os.path.join(base, "models", "checkpoints")
     os.makedirs(folder, exist_ok=True)
-    if checkpoint:
-        name = os.path.basename(checkpoint)
-        target = os.path.join(folder, name)
-        if not os.path.exists(target):
-            os.symlink(os.path.abspath(checkpoint), target)
-        return name
-    target = os.path.join(folder, GENERATED)
+    name = os.path.basename(checkpoint)
+    target = os.path.join(folder, name)
     if not os.path.exists(target):
-        from support import import_comfy
-        import_comfy()
-        from harness.checkpoint import make_mini
-        print("No --checkpoint given: generating a random-weight mini SD1.5 checkpoint. Its images are noise;\n"
-              "they only show that the pipeline runs.", flush=True)
-        make_mini("sd15", target)
-    return GENERATED
+        os.symlink(os.path.abspath(checkpoint), target)
+    return name
 
 
 def mini_family(example: str) -> str:
-    """Which generated checkpoint (harness.checkpoint.MINI) runs an example."""
-    return "sdxl" if "sdxl" in os.path.basename(example) else "sd15"
+    """Which generated checkpoint (harness.checkpoint.MINI) runs an example; "demo": the
+    package's own demo model, no checkpoint."""
+    name = os.path.basename(example)
+    return "demo" if "demo" in name else "sdxl" if "sdxl" in name else "sd15"
 
 
 def example_prompt(object_info: dict, checkpoint: str, steps: int | None, size: int | None,
@@ -63,34 +57,59 @@ def example_prompt(object_info: dict, checkpoint: str, steps: int | None, size: 
     return prompt
 
 
+def comparison(base: str, plain: list[str], guided: list[str]) -> str:
+    """The plain images above the Attend-and-Excite ones (same seeds), as one picture."""
+    from PIL import Image
+    rows = [[Image.open(p).convert("RGB") for p in paths] for paths in (plain, guided)]
+    width, height = rows[0][0].size
+    picture = Image.new("RGB", (width * len(rows[0]), height * 2), "white")
+    for y, row in enumerate(rows):
+        for x, image in enumerate(row):
+            picture.paste(image, (x * width, y * height))
+    path = os.path.join(base, "plain_vs_attend_and_excite.png")
+    picture.save(path)
+    return path
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="an SD1.x checkpoint file; default: a generated random one")
+    parser.add_argument("--checkpoint", help="an SD1.x checkpoint file; default: the package's demo model")
     parser.add_argument("--out", default=os.path.join(REPO, "out", "example"), help="output folder")
-    parser.add_argument("--steps", type=int, help="override the workflow's 50 steps")
-    parser.add_argument("--size", type=int, help="override the workflow's 512 px")
+    parser.add_argument("--steps", type=int, help="override the workflow's steps")
+    parser.add_argument("--size", type=int, help="override the workflow's image size")
     args = parser.parse_args()
-    if not args.checkpoint:   # random weights: keep the CPU run short
-        args.steps, args.size = args.steps or 10, args.size or 256
     base = os.path.abspath(args.out)
     os.makedirs(base, exist_ok=True)
-    checkpoint = prepare_checkpoint(base, args.checkpoint)
+    checkpoint = link_checkpoint(base, args.checkpoint) if args.checkpoint else None
+    example = EXAMPLE if args.checkpoint else DEMO_EXAMPLE
     with running_server(base, os.environ["COMFYUI_DIR"]) as server:
         _, object_info = server.request("/object_info")
-        result = server.run_prompt(example_prompt(object_info, checkpoint, args.steps, args.size), timeout=3600)
+        prompt = example_prompt(object_info, checkpoint, args.steps, args.size, path=example)
+        result = server.run_prompt(prompt, timeout=3600)
     if result["status"]["status_str"] != "success":
         sys.exit("the workflow failed: " + json.dumps(result["status"])[:3000])
-    images = [os.path.join(base, image["type"], image.get("subfolder", ""), image["filename"])
-              for output in result["outputs"].values() for image in output.get("images", [])]
+
+    def files(node_id):
+        return [os.path.join(base, image["type"], image.get("subfolder", ""), image["filename"])
+                for image in result["outputs"].get(node_id, {}).get("images", [])]
+    saved = {prompt[n]["inputs"]["filename_prefix"]: files(n) for n in prompt if prompt[n]["class_type"] == "SaveImage"}
+    plain = next(paths for prefix, paths in saved.items() if "plain" in prefix)
+    guided = next(paths for prefix, paths in saved.items() if "attend_excite" in prefix)
+    written = [comparison(base, plain, guided)]
+    for node_id, node in prompt.items():     # heatmaps, overlays and the peak plot (previews, in temp/)
+        for number, path in enumerate(p for p in files(node_id) if f"{os.sep}temp{os.sep}" in p):
+            target = os.path.join(base, f"{node['class_type']}_{number + 1}.png")
+            shutil.copyfile(path, target)
+            written.append(target)
     log = next(output["text"][0] for output in result["outputs"].values() if "text" in output)
-    with open(os.path.join(base, "attend_excite_log.json"), "w") as f:
+    written.append(os.path.join(base, "attend_excite_log.json"))
+    with open(written[-1], "w") as f:
         f.write(log)
-    steps = json.loads(log)["steps"]
-    print(f"Done: {len(images)} images (saved images in output/; heatmaps, overlays and the peak plot in temp/) "
-          f"and the log of {len(steps)} guided steps in {base}")
-    for image in images:
-        print("  " + image)
-    print("  " + os.path.join(base, "attend_excite_log.json"))
+    print(f"Done: {os.path.basename(example)} on {args.checkpoint or 'the demo model'}; top row plain KSampler, "
+          f"bottom row Attend-and-Excite (same seeds), heatmaps and the log of {len(json.loads(log)['steps'])} "
+          f"guided steps, in {base}")
+    for path in written:
+        print("  " + path)
 
 
 if __name__ == "__main__":

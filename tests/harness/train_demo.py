@@ -14,7 +14,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -23,6 +22,7 @@ from support import import_comfy, import_package  # noqa: E402
 
 CHECKPOINT_EVERY = 200
 SHAPE_WEIGHT = 4.0      # the autoencoder's loss on a shape's pixels, over the background's: colours come first
+MIN_SNR = 5.0           # noise levels above this signal-to-noise ratio weigh as if at it (Hang et al., 2023)
 
 
 def reset(module: torch.nn.Module, seed: int):
@@ -114,31 +114,62 @@ class Stage:
                 p.copy_(e)
 
 
-def train_vae(args, device):
+def reconstruction_loss(decoded: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     from attend_and_excite.nodes.core.shapes import BACKGROUND
+    background = torch.tensor(BACKGROUND, device=images.device).view(1, 3, 1, 1) * 2 - 1
+    error = (decoded - images).abs()
+    shape_pixels = 1 + SHAPE_WEIGHT * ((images - background).abs().amax(dim=1, keepdim=True) > 0.1)
+    return (shape_pixels * (error + error ** 2)).mean()
+
+
+def posterior(vae, images: torch.Tensor, seed: int) -> tuple:
+    """(a sample of the latent, its mean, its log-variance)."""
+    mean, logvar = vae.quant_conv(vae.encoder(images)).chunk(2, dim=1)
+    logvar = logvar.clamp(-30, 20)
+    noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed)).to(images.device)
+    return mean + noise * (0.5 * logvar).exp(), mean, logvar
+
+
+def train_vae(args, device):
     from attend_and_excite.nodes.glue import demo_model
     vae = demo_model.vae_model(vae_config(args)).to(device)
     reset(vae, args.seed)
     stage = Stage(os.path.join(args.work, "vae.pt"), list(vae.parameters()), args.vae_lr, args.vae_steps, 0.999)
-    background = torch.tensor(BACKGROUND, device=device).view(1, 3, 1, 1) * 2 - 1
     started = time.time()
     while stage.step < stage.steps:
         images = crops(scenes(args.seed, stage.step, args.vae_batch, 0.5), args.seed, stage.step).to(device)
-        moments = vae.quant_conv(vae.encoder(images))
-        mean, logvar = moments.chunk(2, dim=1)
-        logvar = logvar.clamp(-30, 20)
-        noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(args.seed * 5_000_011 + stage.step))
-        z = mean + noise.to(device) * (0.5 * logvar).exp()
-        decoded = vae.decoder(vae.post_quant_conv(z))
+        z, mean, logvar = posterior(vae, images, args.seed * 5_000_011 + stage.step)
         kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3)).mean()
-        error = (decoded - images).abs()
-        shape_pixels = 1 + SHAPE_WEIGHT * ((images - background).abs().amax(dim=1, keepdim=True) > 0.1)
-        loss = (shape_pixels * (error + error ** 2)).mean() + 1e-6 * kl
+        loss = reconstruction_loss(vae.decoder(vae.post_quant_conv(z)), images) + 1e-6 * kl
         stage.update(loss)
         if stage.step % 50 == 0:
             print(f"vae {stage.step}/{stage.steps} loss {loss.item():.4f} ({time.time() - started:.0f} s)", flush=True)
     stage.use_average()
     return vae.eval().requires_grad_(False)
+
+
+def train_decoder(vae, args, device):
+    """The decoder alone, on the frozen encoder's latents (those the UNet learns), in place:
+    the joint stage is too short to pull close colours (blue, green) apart."""
+    decoder = [vae.post_quant_conv, vae.decoder]
+    parameters = [p for m in decoder for p in m.parameters()]
+    for m in decoder:
+        m.train().requires_grad_(True)
+    stage = Stage(os.path.join(args.work, "decoder.pt"), parameters, args.vae_lr / 2, args.decoder_steps, 0.99)
+    started = time.time()
+    while stage.step < stage.steps:
+        step = args.vae_steps + stage.step       # pictures the first stage did not see
+        images = crops(scenes(args.seed, step, args.vae_batch, 0.5), args.seed, step).to(device)
+        with torch.no_grad():
+            z = posterior(vae, images, args.seed * 5_000_011 + step)[0]
+        loss = reconstruction_loss(vae.decoder(vae.post_quant_conv(z)), images)
+        stage.update(loss)
+        if stage.step % 50 == 0:
+            print(f"decoder {stage.step}/{stage.steps} loss {loss.item():.4f} ({time.time() - started:.0f} s)",
+                  flush=True)
+    stage.use_average()
+    for m in decoder:
+        m.eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -202,7 +233,9 @@ def train_diffusion(args, device, data):
         noisy = x0 + noise * sigma.view(-1, 1, 1, 1)
         denoised = unet.apply_model(noisy, sigma, c_crossattn=context.to(device))
         predicted_noise = (noisy - denoised) / sigma.view(-1, 1, 1, 1)
-        loss = F.mse_loss(predicted_noise, noise)
+        # the fine detail of the nearly clean levels would otherwise take the most of a short training
+        weight = (MIN_SNR * sigma ** 2).clamp(max=1)
+        loss = (weight * (predicted_noise - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         stage.update(loss)
         if stage.step % 50 == 0:
             print(f"diffusion {stage.step}/{stage.steps} loss {loss.item():.4f} ({time.time() - started:.0f} s)",
@@ -236,13 +269,14 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--vae-steps", type=int, default=400)
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--vae-lr", type=float, default=2e-3)
+    parser.add_argument("--decoder-steps", type=int, default=300)
     parser.add_argument("--dataset", type=int, default=8192)
     parser.add_argument("--two-share", type=float, default=0.3, help="share of two-shape pictures")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=4500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--unet-channels", type=int, default=32)
     parser.add_argument("--vae-channels", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     return parser
 
 
@@ -276,6 +310,7 @@ def main():
         scale_latents(vae, args, device)
         torch.save(vae.state_dict(), scaled)
     data = encode_dataset(vae, args, device)
+    train_decoder(vae, args, device)
     unet, text = train_diffusion(args, device, data)
     out = args.out or demo_model.WEIGHTS
     os.makedirs(os.path.dirname(out), exist_ok=True)
