@@ -46,7 +46,7 @@ def test_schemas_describe_every_node_and_input():
     node_list = asyncio.run(AttendExciteExtension().get_node_list())
     assert {n.define_schema().node_id for n in node_list} == {
         "AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
-        "AttendExciteHeatmapOverlay"}
+        "AttendExciteHeatmapOverlay", "AttendExciteDemoModelLoader"}
     for node in node_list:
         schema = node.define_schema()
         assert schema.category == CATEGORY and schema.description

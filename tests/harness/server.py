@@ -47,7 +47,10 @@ class Server:
         status, answer = self.request("/prompt", {"prompt": prompt, "client_id": "attend-excite-tests"})
         if status != 200:
             raise RuntimeError(f"/prompt refused the workflow ({status}): {json.dumps(answer)[:2000]}")
-        prompt_id = answer["prompt_id"]
+        return self.wait(answer["prompt_id"], timeout)
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
+        """The history entry of a queued prompt, once it has run."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             _, history = self.request(f"/history/{prompt_id}")

@@ -2,9 +2,9 @@
 
     python tests/harness/train_demo.py [--work DIR] [--device cpu|cuda] [--out FILE]
 
-Two stages, each resumable from the files it keeps in --work: the autoencoder, then
-the UNet and the text model together. Every batch is drawn from --seed and its step
-number, so a resumed run trains on what an uninterrupted one would have.
+Three stages, each resumable from the files it keeps in --work: the autoencoder, its
+decoder alone, then the UNet and the text model together. Every batch is drawn from
+--seed and its step number, so a resumed run trains on what an uninterrupted one would have.
 """
 import argparse
 import json
@@ -150,7 +150,7 @@ def train_vae(args, device):
 
 def train_decoder(vae, args, device):
     """The decoder alone, on the frozen encoder's latents (those the UNet learns), in place:
-    the joint stage is too short to pull close colours (blue, green) apart."""
+    its background and colours come closer to the pictures' while the latent space stays."""
     decoder = [vae.post_quant_conv, vae.decoder]
     parameters = [p for m in decoder for p in m.parameters()]
     for m in decoder:
