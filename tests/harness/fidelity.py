@@ -112,7 +112,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", help="default: the package's demo weights")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per prompt")
-    parser.add_argument("--images", type=int, default=4, help="images per seed (one batch)")
+    parser.add_argument("--images", type=int, default=8, help="images per seed (one batch)")
     parser.add_argument("--pairs", type=int, help="the first N prompts only (default: all 36)")
     parser.add_argument("--out", default=os.path.join(REPO, "out", "fidelity"))
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for ComfyUI's default GPU")
