@@ -2,8 +2,9 @@
 
     make thumbnails    (runs tests/test_browser.py, then this)
 
-Each example_workflows/<name>.json gets <name>.jpg: the workflow after a run on the
-random-weight mini checkpoint, as the browser showed it.
+Each example_workflows/<name>.json gets <name>.jpg: the workflow after a run, as the
+browser showed it (the demo example on the demo model, the others on the random-weight
+mini checkpoints).
 """
 import os
 import sys
