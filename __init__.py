@@ -3,7 +3,9 @@ WEB_DIRECTORY = "./js"
 
 
 async def comfy_entrypoint():
-    # Imported here, not at the top: pytest imports this file on its own (outside any
-    # package) when the repository is checked out under a name that is not an identifier.
-    from .nodes import AttendExciteExtension
+    # ComfyUI is imported and the route registered here, when ComfyUI loads the package, so that
+    # importing any part of it (the pure-torch core, say) has no side effect.
+    from .nodes.extension import AttendExciteExtension
+    from .nodes.glue.routes import register_routes
+    register_routes()
     return AttendExciteExtension()

@@ -1,6 +1,6 @@
 from comfy_api.latest import io
 
-from .glue import demo_model
+from .demo import model as demo_model
 from .parameters import CATEGORY
 
 

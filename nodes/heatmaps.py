@@ -75,7 +75,8 @@ class AttendExciteHeatmapOverlay(io.ComfyNode):
                     ATTENTION.Input("attention", tooltip="From an Attend-and-Excite sampler node."),
                     io.Float.Input("opacity", default=0.55, min=0.0, max=1.0, step=0.05,
                                    tooltip="0 shows the image only, 1 the map only."),
-                    io.Int.Input("step", default=0, min=0, max=10000,
+                    # Saved workflows keep this widget's value by position, so the rename from `step` loads.
+                    io.Int.Input("heatmap_step", default=0, min=0, max=10000,
                                  tooltip="0: the mean map over the guided steps; n: the map at step n (the "
                                          "nearest guided step).")],
             outputs=[io.Image.Output(tooltip="One image per input image and subject.")],
@@ -83,7 +84,7 @@ class AttendExciteHeatmapOverlay(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image, attention, opacity, step) -> io.NodeOutput:
-        maps, caption = attention.select(step)
+    def execute(cls, image, attention, opacity, heatmap_step) -> io.NodeOutput:
+        maps, caption = attention.select(heatmap_step)
         blended = overlay(image, maps, attention.labels, opacity, caption)
         return io.NodeOutput(blended, ui=ui.PreviewImage(blended, cls=cls))

@@ -1,8 +1,9 @@
 """The Attend-and-Excite inputs and types shared by the nodes, and their parsing."""
 from comfy_api.latest import io
 
-from .core.schedule import DEFAULT_THRESHOLDS, parse_thresholds
-from .glue.sampler import Settings
+from .core.schedule import format_thresholds, parse_thresholds
+from .core.settings import DEFAULTS, Settings
+from .core.tokens import parse_token_indices
 
 CATEGORY = "sampling/attend_and_excite"
 ATTENTION = io.Custom("AE_ATTENTION")
@@ -11,26 +12,26 @@ MAP_LEVELS = {"auto": None, "latent/2": 1, "latent/4": 2, "latent/8": 3}   # tim
 
 def guidance_inputs() -> list:
     return [
-        io.Int.Input("steps_to_alter", default=25, min=0, max=10000,
+        io.Int.Input("steps_to_alter", default=DEFAULTS.steps_to_alter, min=0, max=10000,
                      tooltip="Guided steps that move the latent (steps 0 .. n-1), written for schedule_steps "
                              "steps. The paper: 25 of 50."),
-        io.String.Input("thresholds", default=DEFAULT_THRESHOLDS,
+        io.String.Input("thresholds", default=format_thresholds(DEFAULTS.thresholds),
                         tooltip="step:threshold pairs. At each listed step, refinement repeats gradient steps "
                                 "until every subject's peak attention reaches the threshold. Empty: no refinement."),
-        io.Int.Input("max_refinement", default=20, min=0, max=1000,
+        io.Int.Input("max_refinement", default=DEFAULTS.max_refinement, min=0, max=1000,
                      tooltip="At most this many refinement iterations at a threshold step."),
-        io.Float.Input("scale_factor", default=20.0, min=0.0, max=1000.0, step=0.1,
+        io.Float.Input("scale_factor", default=DEFAULTS.scale_factor, min=0.0, max=1000.0, step=0.1,
                        tooltip="Gradient step size. 0 runs the guidance pass but never moves the latent."),
-        io.Float.Input("scale_start", default=1.0, min=0.0, max=10.0, step=0.01,
+        io.Float.Input("scale_start", default=DEFAULTS.scale_range[0], min=0.0, max=10.0, step=0.01,
                        tooltip="The step size is scale_factor * sqrt(s), s going linearly from scale_start "
                                "to scale_end over the steps."),
-        io.Float.Input("scale_end", default=0.5, min=0.0, max=10.0, step=0.01,
+        io.Float.Input("scale_end", default=DEFAULTS.scale_range[1], min=0.0, max=10.0, step=0.01,
                        tooltip="See scale_start."),
-        io.Int.Input("smoothing_kernel", default=3, min=1, max=15, step=2,
+        io.Int.Input("smoothing_kernel", default=DEFAULTS.kernel_size, min=1, max=15, step=2,
                      tooltip="Size of the Gaussian that smooths each subject's map before its peak is taken."),
-        io.Float.Input("smoothing_sigma", default=0.5, min=0.01, max=10.0, step=0.01,
+        io.Float.Input("smoothing_sigma", default=DEFAULTS.smoothing_sigma, min=0.01, max=10.0, step=0.01,
                        tooltip="Sigma of that Gaussian, in the reference's own formula."),
-        io.Int.Input("schedule_steps", default=50, min=1, max=10000,
+        io.Int.Input("schedule_steps", default=DEFAULTS.schedule_steps, min=1, max=10000,
                      tooltip="The step count that steps_to_alter and the threshold steps are written for; they "
                              "are rescaled to the sampled steps (step * steps / schedule_steps, rounded). Set it "
                              "to your step count to use them as they are."),
@@ -44,15 +45,9 @@ def guidance_inputs() -> list:
     ]
 
 
-def parse_token_indices(text: str) -> tuple:
-    """'2+3, 5' -> ((2, 3), (5,))."""
-    subjects = []
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        pieces = [p.strip() for p in item.split("+")]
-        if not all(p.isascii() and p.isdigit() for p in pieces):
-            raise ValueError(f"token_indices: cannot read {item!r}; write positions such as '2,5' or '2+3,5'")
-        subjects.append(tuple(int(p) for p in pieces))
-    return tuple(subjects)
+def default_inputs() -> dict:
+    """The guidance inputs as a new node has them: the paper's settings."""
+    return {entry.id: entry.default for entry in guidance_inputs()}
 
 
 def validate_guidance(thresholds: str, token_indices: str) -> bool | str:

@@ -5,6 +5,7 @@ import sys
 import tempfile
 
 import torch
+from hypothesis import HealthCheck, settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_NAME = "attend_and_excite"
@@ -100,6 +101,33 @@ def tiny_clip(seed: int = 0):
 def random_conditioning(seed: int, context_dim: int = 64, tokens: int = 77, **extra):
     generator = torch.Generator().manual_seed(seed)
     return [[torch.randn(1, tokens, context_dim, generator=generator), dict(extra)]]
+
+
+# What 'CLIP Text Encode (Attend-and-Excite)' attaches for "a cat and a frog" (SD1.x columns).
+SUBJECTS = {"attend_excite": {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}}
+
+
+def conditionings(context_dim: int = 64, **extra):
+    """(positive with SUBJECTS, negative): random conditionings from seeds 1 and 2."""
+    return random_conditioning(1, context_dim, **extra, **SUBJECTS), random_conditioning(2, context_dim, **extra)
+
+
+def forced(**changes):
+    """Settings for 6 sampled steps whose thresholds no random model reaches, so every
+    threshold step refines max_refinement times."""
+    from attend_and_excite.nodes.core.settings import Settings
+    return Settings(**{"steps_to_alter": 3, "thresholds": {0: 1.0, 2: 1.0}, "max_refinement": 2,
+                       "schedule_steps": 6, **changes})
+
+
+QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def tokens_of(tokenizer, text: str):
+    """(tokens, end columns) of a prompt on ComfyUI's SD1 tokenizer, as the node lays them out."""
+    from attend_and_excite.nodes.core.tokens import layout
+    inner = tokenizer.clip_l
+    return layout(tokenizer.tokenize_with_weights(text)["l"], inner.inv_vocab, inner.start_token, inner.end_token)
 
 
 # The real SD1.5 topology (block layout of ComfyUI's model_detection SD15 config) at a small width.

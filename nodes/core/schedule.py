@@ -9,9 +9,7 @@ import math
 import re
 from dataclasses import dataclass
 
-import numpy as np
-
-DEFAULT_THRESHOLDS = "0:0.05, 10:0.5, 20:0.8"
+from .settings import DEFAULTS, Settings
 
 
 @dataclass(frozen=True)
@@ -25,6 +23,17 @@ class Schedule:
     def is_guided(self, step: int) -> bool:
         return step < self.steps_to_alter or step in self.thresholds
 
+    def step_size(self, step: int, sigma: float) -> float:
+        """alpha_i for ComfyUI's sampler state x = z * sqrt(1 + sigma^2). The reference moves
+        the unscaled latent z by alpha_i * dL/dz; since dL/dz = sqrt(1 + sigma^2) * dL/dx,
+        the same move of x is alpha_i * (1 + sigma^2) * dL/dx."""
+        return self.step_sizes[step] * (1.0 + sigma ** 2)
+
+
+def format_thresholds(thresholds: dict[int, float]) -> str:
+    """{0: 0.05, 10: 0.5} -> '0:0.05, 10:0.5', the form parse_thresholds reads."""
+    return ", ".join(f"{step}:{value:g}" for step, value in thresholds.items())
+
 
 def parse_thresholds(text: str) -> dict[int, float]:
     """'0:0.05, 10:0.5, 20:0.8' -> {0: 0.05, 10: 0.5, 20: 0.8}; empty text -> {}."""
@@ -33,7 +42,7 @@ def parse_thresholds(text: str) -> dict[int, float]:
         match = re.fullmatch(r"(\d+)\s*:\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)", item)
         if not match:
             raise ValueError(f"refinement thresholds: cannot read {item!r}; write step:threshold pairs "
-                             f"separated by commas, e.g. {DEFAULT_THRESHOLDS!r}")
+                             f"separated by commas, e.g. {format_thresholds(DEFAULTS.thresholds)!r}")
         step, value = int(match[1]), float(match[2])
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"refinement thresholds: {value} at step {step} is not in [0, 1]")
@@ -47,17 +56,24 @@ def rescale(index: int, steps: int, schedule_steps: int) -> int:
     return int(math.floor(index * steps / schedule_steps + 0.5))
 
 
-def build_schedule(steps: int, steps_to_alter: int, thresholds: dict[int, float], scale_factor: float,
-                   scale_range: tuple[float, float] = (1.0, 0.5), max_refinement: int = 20,
-                   schedule_steps: int = 50) -> Schedule:
-    if schedule_steps < 1:
+def linspace(start: float, stop: float, count: int) -> list[float]:
+    """numpy.linspace's values to the last bit (the reference's s_i), without numpy."""
+    if count < 2:
+        return [float(start)] * count
+    step = (stop - start) / (count - 1)
+    return [start + i * step for i in range(count - 1)] + [float(stop)]
+
+
+def build_schedule(settings: Settings, steps: int) -> Schedule:
+    """The settings' step indices rescaled to `steps` sampled steps, and every step's alpha_i."""
+    if settings.schedule_steps < 1:
         raise ValueError("schedule_steps must be at least 1")
     scaled = {}
-    for step, value in thresholds.items():
-        at = rescale(step, steps, schedule_steps)
+    for step, value in settings.thresholds.items():
+        at = rescale(step, steps, settings.schedule_steps)
         if at < steps:
             scaled[at] = max(value, scaled.get(at, 0.0))
-    lin = np.linspace(scale_range[0], scale_range[1], steps)
-    sizes = tuple(float(scale_factor * math.sqrt(v)) for v in lin)
-    return Schedule(steps=steps, steps_to_alter=min(rescale(steps_to_alter, steps, schedule_steps), steps),
-                    thresholds=scaled, step_sizes=sizes, max_refinement=max_refinement)
+    sizes = tuple(settings.scale_factor * math.sqrt(s) for s in linspace(*settings.scale_range, steps))
+    return Schedule(steps=steps, steps_to_alter=min(rescale(settings.steps_to_alter, steps, settings.schedule_steps),
+                                                    steps),
+                    thresholds=scaled, step_sizes=sizes, max_refinement=settings.max_refinement)

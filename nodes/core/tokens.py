@@ -152,3 +152,14 @@ def layout(chunks: list[list], vocab: dict, start_id, end_id) -> tuple[list[Toke
                 tokens.append(Token(column, PIECE, piece.removesuffix("</w>"), piece.endswith("</w>")))
             column += 1
     return tokens, end_columns
+
+
+def parse_token_indices(text: str) -> tuple:
+    """'2+3, 5' -> ((2, 3), (5,))."""
+    subjects = []
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        pieces = [p.strip() for p in item.split("+")]
+        if not all(p.isascii() and p.isdigit() for p in pieces):
+            raise ValueError(f"token_indices: cannot read {item!r}; write positions such as '2,5' or '2+3,5'")
+        subjects.append(tuple(int(p) for p in pieces))
+    return tuple(subjects)

@@ -13,7 +13,7 @@ class Family:
 SD1 = Family("SD1.x", ("SD15",), drop_from_end=False)
 SD2 = Family("SD2.x", ("SD15",), drop_from_end=True)
 SDXL = Family("SDXL", ("SDXL", "SDXL_Playground_2_5"), drop_from_end=True)
-# The package's demo model (glue/demo_model.py): 128 px pictures, so its maps are read at
+# The package's demo model (demo/model.py): 128 px pictures, so its maps are read at
 # latent/2 (8 x 8; latent/4 would give 4 x 4).
 DEMO = Family("SD1.x demo (shapes)", ("SD15",), drop_from_end=False, map_level=1)
 

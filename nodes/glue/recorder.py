@@ -75,7 +75,7 @@ class AttentionRecorder:
 
     def reset(self):
         self.total = None
-        self.maps = 0
+        self.heads = 0         # attention maps summed into total: heads x layers
         self.shape = None
         self.recorded = []     # (block, block_index, (h, w)) of the last pass, for inspection
 
@@ -85,7 +85,7 @@ class AttentionRecorder:
             raise RuntimeError("the guidance pass recorded no cross-attention (is the positive "
                                "conditioning active at this step?)")
         b, n, t = self.total.shape
-        average = (self.total / self.maps).view(b, *self.shape, t)
+        average = (self.total / self.heads).view(b, *self.shape, t)
         self.total = None
         return average
 
@@ -112,7 +112,7 @@ class AttentionRecorder:
             probs = torch.softmax(qh.float() @ kh.float().transpose(-1, -2) * dim ** -0.5, dim=-1)
             summed = probs.sum(dim=1)
             self.total = summed if self.total is None else self.total + summed
-            self.maps += heads
+            self.heads += heads
             self.shape = tuple(extra_options["activations_shape"][-2:])
             self.recorded.append((tuple(extra_options["block"]), extra_options["block_index"], self.shape))
             if is_last:

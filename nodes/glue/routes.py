@@ -41,9 +41,21 @@ def tokenize(text: str, subjects: str = "") -> dict:
     }
 
 
+async def read_body(content, limit: int) -> bytes | None:
+    """The whole body, or None as soon as more than `limit` bytes have come. One read
+    returns only what has arrived so far, so it reads until the end of the stream."""
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await content.read(limit + 1 - len(body))
+        if not chunk:
+            return bytes(body)
+        body += chunk
+    return None
+
+
 async def tokenize_route(request: web.Request) -> web.Response:
-    body = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(body) > MAX_BODY_BYTES:
+    body = await read_body(request.content, MAX_BODY_BYTES)
+    if body is None:
         return web.json_response({"error": f"the body is over {MAX_BODY_BYTES} bytes"}, status=413)
     try:
         request_json = json.loads(body)

@@ -8,8 +8,6 @@ calls finds each guided step's state evaluation and moves that tensor first.
 import contextlib
 import logging
 import math
-from dataclasses import dataclass, field
-
 import torch
 
 import comfy.model_management
@@ -18,6 +16,7 @@ import comfy.samplers
 from ..core.excite import excite
 from ..core.record import AttentionRecord
 from ..core.schedule import Schedule, build_schedule
+from ..core.settings import Settings
 from .family import detect_family
 from .guidance import GuidancePass, autograd_weights
 from .recorder import AttentionRecorder, blocks_at_level, modules_through
@@ -38,20 +37,6 @@ OWN_GRID = {"dpm_fast", "dpm_adaptive"}
 RESCALED_STATE = {"uni_pc", "uni_pc_bh2"}
 # Samplers whose progress callback reports their initial latent, not the current state.
 STALE_CALLBACK_STATE = {"ipndm", "ipndm_v", "deis"}
-
-
-@dataclass(frozen=True)
-class Settings:
-    steps_to_alter: int = 25
-    thresholds: dict = field(default_factory=lambda: {0: 0.05, 10: 0.5, 20: 0.8})
-    max_refinement: int = 20
-    scale_factor: float = 20.0
-    scale_range: tuple = (1.0, 0.5)
-    kernel_size: int = 3
-    smoothing_sigma: float = 0.5
-    schedule_steps: int = 50
-    token_indices: tuple = ()          # overrides the conditioning's subjects
-    map_level: int | None = None       # halvings of the latent at the recorded level; None: the family's
 
 
 def control_modules(entry: dict) -> list[torch.nn.Module]:
@@ -88,9 +73,7 @@ class GuidedRun:
         for column in (c for s in subjects for c in s):
             if not 0 < column < token_count:
                 raise ValueError(f"token index {column} is outside the conditioning's {token_count} tokens")
-        self.schedule: Schedule = build_schedule(
-            len(sigmas) - 1, settings.steps_to_alter, settings.thresholds, settings.scale_factor,
-            settings.scale_range, settings.max_refinement, settings.schedule_steps)
+        self.schedule: Schedule = build_schedule(settings, len(sigmas) - 1)
         self.pending = [j for j in range(self.schedule.steps) if self.schedule.is_guided(j)]
         labels = ["+".join(map(str, c)) for c in settings.token_indices] if settings.token_indices else \
             info["labels"]
@@ -116,9 +99,9 @@ class GuidedRun:
 
     def before_model_call(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
         if self.pending:
-            level = float(sigma.reshape(-1)[0])
-            if self._is_state_call(level):
-                self._guide(x, sigma, level, model_options)
+            sigma_value = float(sigma.reshape(-1)[0])
+            if self._is_state_call(sigma_value):
+                self._guide(x, sigma, sigma_value, model_options)
 
     def callback(self, callback):
         def checked(info):
@@ -141,15 +124,14 @@ class GuidedRun:
                 return upcoming == step and self.calls_at[step] > min(step, PREDICTOR_CALLS.get(self.sampler_name, 0))
         return False
 
-    def _guide(self, x: torch.Tensor, sigma: torch.Tensor, level: float, model_options: dict):
+    def _guide(self, x: torch.Tensor, sigma: torch.Tensor, sigma_value: float, model_options: dict):
         step = self.pending.pop(0)
-        while self.sampler_name in OWN_GRID and self.pending and self.sigmas[self.pending[0]] >= level:
+        while self.sampler_name in OWN_GRID and self.pending and self.sigmas[self.pending[0]] >= sigma_value:
             self.pending.pop(0)
         if not self.weights_swapped:
             self.weights.enter_context(autograd_weights(self.guided_modules))
             self.weights_swapped = True
         s = self.schedule
-        step_size = s.step_sizes[step] * (1.0 + level ** 2)
 
         def on_iteration(iteration):
             comfy.model_management.throw_exception_if_processing_interrupted()
@@ -158,7 +140,8 @@ class GuidedRun:
         out_of_memory = False
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                moved, log = excite(x, lambda z: self.guidance.evaluate(z, sigma, model_options), step, step_size,
+                moved, log = excite(x, lambda z: self.guidance.evaluate(z, sigma, model_options), step,
+                                    s.step_size(step, sigma_value),
                                     alter=step < s.steps_to_alter, threshold=s.thresholds.get(step),
                                     max_refinement=s.max_refinement, on_iteration=on_iteration)
         except torch.OutOfMemoryError:

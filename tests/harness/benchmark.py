@@ -5,7 +5,8 @@
 Each configuration runs in its own process (so that peak memory is its own): one
 warm-up call, two timed calls (the faster counts), then one call with per-part timers. On a GPU: the SD1.5
 shape at 512 px and the SDXL shape at 1024 px, 50 steps, fp16, random weights (they cost what real ones
-do), and ../shared/bench/anchor_diffusers.py in the same call for the reference's figures. On the CPU: a
+do), and, when given one with --reference (or AE_REFERENCE_SCRIPT), the diffusers reference script in the
+same call for the reference's figures; without one it says so and runs the package alone. On the CPU: a
 small SD1.x-topology model at 256 px, 20 steps, fp32, so that it finishes in minutes. Writes result.json
 and table.md to the output folder and prints the tables.
 """
@@ -23,14 +24,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from harness.server import REPO  # noqa: E402
 
-DEFAULT_THRESHOLDS = "0:0.05, 10:0.5, 20:0.8"
-CONFIGS = {  # name -> refinement thresholds (None: the stock KSampler)
+CONFIGS = {  # name -> changes to the paper's settings (None: the stock KSampler)
     "plain KSampler": None,
-    "A&E, no refinement": "",
-    "A&E, default thresholds": DEFAULT_THRESHOLDS,
-    "A&E, forced 3 x 20 refinement": "0:1.0, 10:1.0, 20:1.0",
+    "A&E, no refinement": {"thresholds": ""},
+    "A&E, default thresholds": {},
+    "A&E, forced 3 x 20 refinement": {"thresholds": "0:1.0, 10:1.0, 20:1.0"},
 }
-REFERENCE = os.path.join(os.path.dirname(REPO), "shared", "bench", "anchor_diffusers.py")
 SEED, CFG, SAMPLER = 1, 7.5, "euler"
 TIMED_CALLS = 2     # the faster one counts: these machines are noisy
 
@@ -119,29 +118,25 @@ def run_config(name: str, shape_name: str) -> dict:
     import comfy.utils
     import nodes
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
+    from attend_and_excite.nodes.parameters import default_inputs
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     cuda = torch.cuda.is_available()
     setup = shape(shape_name, cuda)
     with torch.inference_mode():      # as ComfyUI's loader: the weights are inference tensors
         model = support.tiny_model(seed=0, config=setup["unet"], family=setup["family"])
-    subjects = {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}
-    context = setup["unet"]["context_dim"]
     pooled = {} if setup["pooled"] is None else {"pooled_output": torch.randn(1, setup["pooled"])}
-    positive = support.random_conditioning(1, context_dim=context, attend_excite=subjects, **pooled)
-    negative = support.random_conditioning(2, context_dim=context, **pooled)
+    positive, negative = support.conditionings(setup["unet"]["context_dim"], **pooled)
     latent = {"samples": torch.zeros(1, 4, setup["size"] // 8, setup["size"] // 8)}
-    thresholds = CONFIGS[name]
+    changes = CONFIGS[name]
 
     def sample():
         with torch.inference_mode():
-            if thresholds is None:
+            if changes is None:
                 return nodes.common_ksampler(model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive,
                                              negative, latent)[0]
-            return AttendExciteKSampler.execute(
-                model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive, negative, latent, 1.0,
-                steps_to_alter=25, thresholds=thresholds, max_refinement=20, scale_factor=20.0, scale_start=1.0,
-                scale_end=0.5, smoothing_kernel=3, smoothing_sigma=0.5, schedule_steps=50).result[0]
+            return AttendExciteKSampler.execute(model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive,
+                                                negative, latent, 1.0, **default_inputs(), **changes).result[0]
 
     sample()                                   # warm-up: loads the model, builds kernels
     if cuda:
@@ -154,7 +149,7 @@ def run_config(name: str, shape_name: str) -> dict:
         seconds.append(timer.seconds["total"])
     peak = torch.cuda.max_memory_allocated() if cuda else None
     parts = PartTimer(cuda)
-    if thresholds is not None:
+    if changes is not None:
         with profiled(parts), parts.part("total"):
             sample()
     return {"seconds": min(seconds), "peak_gib": peak / 2 ** 30 if cuda else None,
@@ -197,7 +192,9 @@ def main():
     parser.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=["sd15", "sdxl"], help="one shape only (default: sd15, and sdxl on a GPU)")
     parser.add_argument("--out", default=os.path.join(REPO, "out", "benchmark"))
-    parser.add_argument("--no-reference", action="store_true", help="skip the diffusers reference on a GPU")
+    parser.add_argument("--reference", default=os.environ.get("AE_REFERENCE_SCRIPT"),
+                        help="a script that measures the diffusers reference (it prints its table); run on a GPU "
+                             "only, in the same call (default: $AE_REFERENCE_SCRIPT; none: the package alone)")
     args = parser.parse_args()
     if args.config:
         print(json.dumps(run_config(args.config, args.shape or "sd15")))
@@ -207,9 +204,13 @@ def main():
     shapes = [args.shape] if args.shape else ["sd15", "sdxl"] if cuda else ["sd15"]
     results = {shape_name: {name: run_in_process(name, shape_name) for name in CONFIGS} for shape_name in shapes}
     reference = None
-    if cuda and not args.no_reference and os.path.exists(REFERENCE):
+    if not (cuda and args.reference):
+        print("No reference measured: it runs on a GPU, given with --reference or AE_REFERENCE_SCRIPT.")
+    elif not os.path.isfile(args.reference):
+        raise SystemExit(f"--reference: no file {args.reference}")
+    else:
         os.makedirs(args.out, exist_ok=True)
-        done = subprocess.run([sys.executable, REFERENCE], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, args.reference], capture_output=True, text=True,
                               env={**os.environ, "OUT": args.out})
         reference = done.stdout.strip() if done.returncode == 0 else f"failed: {done.stderr[-2000:]}"
     os.makedirs(args.out, exist_ok=True)
@@ -217,7 +218,7 @@ def main():
         json.dump({"results": results, "reference": reference}, f, indent=1)
     text = "\n\n".join(table(rows) for rows in results.values())
     if reference:
-        text += "\n\nReference (diffusers, ../shared/bench/anchor_diffusers.py, same call):\n\n" + reference
+        text += f"\n\nReference (diffusers, {os.path.basename(args.reference)}, same call):\n\n" + reference
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text + "\n")
     print(text)

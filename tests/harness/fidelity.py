@@ -20,17 +20,16 @@ sys.path.insert(0, os.path.dirname(HERE))
 from support import REPO, import_comfy, import_package  # noqa: E402
 
 SAMPLING = dict(steps=25, cfg=5.0, sampler_name="euler", scheduler="normal", size=128)
-GUIDANCE = dict(steps_to_alter=25, thresholds="0:0.05, 10:0.5, 20:0.8", max_refinement=20, scale_factor=20.0,
-                scale_start=1.0, scale_end=0.5, smoothing_kernel=3, smoothing_sigma=0.5, schedule_steps=50,
-                token_indices="", map_level="auto")
 BOOTSTRAP = 2000
 
 
 def sample(model, clip, vae, pair: tuple, seed: int, images: int, guided: bool, sampling=SAMPLING,
-           guidance=GUIDANCE) -> torch.Tensor:
-    """(images, 3, H, W) in [0, 1]: one batch from one seed, row i the same noise either way."""
+           guidance=None) -> torch.Tensor:
+    """(images, 3, H, W) in [0, 1]: one batch from one seed, row i the same noise either way; guided
+    with the node's inputs `guidance` (default: the paper's settings)."""
     import nodes
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
+    from attend_and_excite.nodes.parameters import default_inputs
     from attend_and_excite.nodes.text_encode import AttendExciteTextEncode
     text = f"a {pair[0]} and a {pair[1]}"
     size = sampling["size"] // 8
@@ -42,7 +41,7 @@ def sample(model, clip, vae, pair: tuple, seed: int, images: int, guided: bool, 
             subjects = ", ".join(p.split()[1] for p in pair)
             positive = AttendExciteTextEncode.execute(clip, text, subjects).result[0]
             samples = AttendExciteKSampler.execute(model, *args, positive, negative, latent, 1.0,
-                                                   **guidance).result[0]
+                                                   **(guidance or default_inputs())).result[0]
         else:
             positive = nodes.CLIPTextEncode().encode(clip, text)[0]
             samples = nodes.common_ksampler(model, *args, positive, negative, latent)[0]
@@ -50,7 +49,7 @@ def sample(model, clip, vae, pair: tuple, seed: int, images: int, guided: bool, 
 
 
 def presence(pair: tuple, images: torch.Tensor) -> list[list[bool]]:
-    from attend_and_excite.nodes.core.detector import present
+    from attend_and_excite.nodes.demo.detector import present
     return [present(list(pair), image) for image in images]
 
 
@@ -88,7 +87,7 @@ def grid(rows: list[torch.Tensor]) -> torch.Tensor:
 
 
 def measure(model, clip, vae, pairs: list[tuple], seeds: list[int], images_per_seed: int,
-            sampling=SAMPLING, guidance=GUIDANCE, log=print) -> tuple[dict, dict]:
+            sampling=SAMPLING, guidance=None, log=print) -> tuple[dict, dict]:
     """({"plain": summary, "attend_and_excite": summary, "per_prompt": ...}, pictures by (pair, guided))."""
     found = {False: [], True: []}
     pictures, per_prompt = {}, []
@@ -119,14 +118,15 @@ def main():
     args = parser.parse_args()
     import_comfy(cpu=args.device == "cpu")
     import_package()
-    from attend_and_excite.nodes.core.shapes import subject_pairs
-    from attend_and_excite.nodes.glue import demo_model
+    from attend_and_excite.nodes.demo.shapes import subject_pairs
+    from attend_and_excite.nodes.demo import model as demo_model
+    from attend_and_excite.nodes.parameters import default_inputs
     from PIL import Image
     model, clip, vae = demo_model.load(args.weights or demo_model.WEIGHTS)
     pairs, seeds = subject_pairs()[:args.pairs], list(range(args.seeds))
     started = time.time()
     results, pictures = measure(model, clip, vae, pairs, seeds, args.images)
-    results["settings"] = {"sampling": SAMPLING, "guidance": GUIDANCE, "prompts": len(pairs), "seeds": seeds,
+    results["settings"] = {"sampling": SAMPLING, "guidance": default_inputs(), "prompts": len(pairs), "seeds": seeds,
                            "images_per_seed": args.images, "bootstrap_resamples": BOOTSTRAP,
                            "seconds": round(time.time() - started)}
     os.makedirs(args.out, exist_ok=True)

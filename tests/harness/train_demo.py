@@ -1,4 +1,4 @@
-"""Trains the demo model (nodes/glue/demo_model.py) on pictures of coloured shapes.
+"""Trains the demo model (nodes/demo/model.py) on pictures of coloured shapes.
 
     python tests/harness/train_demo.py [--work DIR] [--device cpu|cuda] [--out FILE]
 
@@ -39,7 +39,7 @@ def reset(module: torch.nn.Module, seed: int):
 
 
 def scenes(seed: int, step: int, count: int, two_share: float):
-    from attend_and_excite.nodes.core.shapes import random_scene
+    from attend_and_excite.nodes.demo.shapes import random_scene
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
     return [random_scene(generator, bool(torch.rand((), generator=generator) < two_share)) for _ in range(count)]
 
@@ -59,7 +59,7 @@ def crops(batch: list, seed: int, step: int, size: int = 64) -> torch.Tensor:
 
 
 def pictures(batch) -> torch.Tensor:
-    from attend_and_excite.nodes.core.shapes import draw
+    from attend_and_excite.nodes.demo.shapes import draw
     return torch.stack([draw(s) for s in batch]) * 2 - 1
 
 
@@ -115,7 +115,7 @@ class Stage:
 
 
 def reconstruction_loss(decoded: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    from attend_and_excite.nodes.core.shapes import BACKGROUND
+    from attend_and_excite.nodes.demo.shapes import BACKGROUND
     background = torch.tensor(BACKGROUND, device=images.device).view(1, 3, 1, 1) * 2 - 1
     error = (decoded - images).abs()
     shape_pixels = 1 + SHAPE_WEIGHT * ((images - background).abs().amax(dim=1, keepdim=True) > 0.1)
@@ -131,7 +131,7 @@ def posterior(vae, images: torch.Tensor, seed: int) -> tuple:
 
 
 def train_vae(args, device):
-    from attend_and_excite.nodes.glue import demo_model
+    from attend_and_excite.nodes.demo import model as demo_model
     vae = demo_model.vae_model(vae_config(args)).to(device)
     reset(vae, args.seed)
     stage = Stage(os.path.join(args.work, "vae.pt"), list(vae.parameters()), args.vae_lr, args.vae_steps, 0.999)
@@ -189,7 +189,7 @@ def scale_latents(vae, args, device):
 
 @torch.no_grad()
 def encode_dataset(vae, args, device):
-    from attend_and_excite.nodes.core.shapes import caption
+    from attend_and_excite.nodes.demo.shapes import caption
     path = os.path.join(args.work, "latents.pt")
     if os.path.exists(path):
         return torch.load(path)
@@ -210,7 +210,7 @@ def encode(clip, texts: list[str]) -> torch.Tensor:
 
 
 def train_diffusion(args, device, data):
-    from attend_and_excite.nodes.glue import demo_model
+    from attend_and_excite.nodes.demo import model as demo_model
     unet = demo_model.build_unet(unet=unet_config(args)).to(device)
     reset(unet.diffusion_model, args.seed + 2)
     clip = demo_model.build_clip()
@@ -245,17 +245,17 @@ def train_diffusion(args, device, data):
 
 
 def unet_config(args) -> dict:
-    from attend_and_excite.nodes.glue import demo_model
+    from attend_and_excite.nodes.demo import model as demo_model
     return dict(demo_model.UNET, model_channels=args.unet_channels)
 
 
 def vae_config(args) -> dict:
-    from attend_and_excite.nodes.glue import demo_model
+    from attend_and_excite.nodes.demo import model as demo_model
     return dict(demo_model.VAE, ch=args.vae_channels)
 
 
 def used_tokens(clip) -> list[int]:
-    from attend_and_excite.nodes.core.shapes import COLOURS, SHAPES
+    from attend_and_excite.nodes.demo.shapes import COLOURS, SHAPES
     words = " ".join(["a and", *COLOURS, *SHAPES])
     return sorted({token for chunk in clip.tokenize(words)["l"] for token, _ in chunk})
 
@@ -298,7 +298,7 @@ def main():
         json.dump(settings, f)
     import_comfy(cpu=args.device == "cpu")
     import_package()
-    from attend_and_excite.nodes.glue import demo_model
+    from attend_and_excite.nodes.demo import model as demo_model
     device = torch.device(args.device)
     started = time.time()
     scaled = os.path.join(args.work, "vae_scaled.pt")

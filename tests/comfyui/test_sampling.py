@@ -13,10 +13,9 @@ from attend_and_excite.nodes.core.record import AttentionRecord
 from attend_and_excite.nodes.glue.guidance import GuidancePass, autograd_weights, with_backward_attention
 from attend_and_excite.nodes.glue.recorder import (AttentionRecorder, blocks_at_level, cross_attention_blocks,
                                                    modules_through)
-from attend_and_excite.nodes.glue.sampler import Settings, attend_excite_sampler
+from attend_and_excite.nodes.glue.sampler import attend_excite_sampler
 
-SUBJECTS = {"attend_excite": {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}}
-FORCED = Settings(steps_to_alter=3, thresholds={0: 1.0, 2: 1.0}, max_refinement=2, schedule_steps=6)
+FORCED = support.forced()
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +23,8 @@ def model():
     return support.tiny_model(seed=1)
 
 
-def conds():
-    return support.random_conditioning(1, **SUBJECTS), support.random_conditioning(2)
-
-
 def run(model, sampler_name, settings=FORCED, latent=None, positive=None, **options):
-    pos, neg = conds()
+    pos, neg = support.conditionings()
     latent = torch.zeros(1, 4, 8, 8) if latent is None else latent
     out, record = support.sample(model, sampler_name, settings, positive or pos, neg, latent, **options)
     return out, record.logs
@@ -131,7 +126,7 @@ def test_the_loss_is_fp32_on_an_fp16_model():
 
 @pytest.mark.parametrize("sampler_name", comfy.samplers.KSampler.SAMPLERS)
 def test_zero_scale_equals_the_stock_ksampler(model, sampler_name):
-    off = Settings(steps_to_alter=3, thresholds={0: 1.0}, max_refinement=1, scale_factor=0.0, schedule_steps=6)
+    off = support.forced(thresholds={0: 1.0}, max_refinement=1, scale_factor=0.0)
     ours, logs = run(model, sampler_name, off)
     stock, _ = run(model, sampler_name, stock=True)
     assert logs, "the guidance pass did not run"
@@ -157,7 +152,7 @@ def test_batch_rows_are_guided_independently(model):
     noise = comfy.sample.prepare_noise(latent, 7)
     assert len(logs[0].losses[0]) == 2
     for row in range(2):
-        pos, neg = conds()
+        pos, neg = support.conditionings()
         with torch.inference_mode():
             sigmas = comfy.samplers.KSampler(model, steps=6, device="cpu", sampler="euler", scheduler="normal").sigmas
             sampler = attend_excite_sampler("euler", FORCED, AttentionRecord())
@@ -233,7 +228,7 @@ def test_interrupt_stops_refinement_and_restores_weights():
 
     patched = model.clone()
     patched.set_model_attn2_replace(interrupt_in_guidance, "input", 1)
-    many = Settings(steps_to_alter=3, thresholds={0: 1.0}, max_refinement=20, schedule_steps=6)
+    many = support.forced(thresholds={0: 1.0}, max_refinement=20)
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             run(patched, "euler", many)

@@ -1,6 +1,6 @@
 """The demo model: a small SD1-style text-to-image model (UNet from ComfyUI's SD15 config,
 an SD1 CLIP text model with ComfyUI's bundled tokenizer, a KL autoencoder), trained by
-tests/harness/train_demo.py on pictures of coloured shapes (core/shapes.py)."""
+tests/harness/train_demo.py on pictures of coloured shapes (shapes.py)."""
 import json
 import os
 
@@ -14,8 +14,7 @@ import comfy.supported_models
 import comfy.supported_models_base
 import comfy.utils
 
-WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo",
-                       "attend_excite_shapes.safetensors")
+WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attend_excite_shapes.safetensors")
 
 UNET = dict(image_size=16, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1, 1, 1],
             channel_mult=[1, 2, 2], transformer_depth=[0, 1, 1], transformer_depth_output=[0, 0, 1, 1, 1, 1],

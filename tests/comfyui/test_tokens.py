@@ -4,22 +4,13 @@ import pathlib
 
 import pytest
 
-from attend_and_excite.nodes.core.tokens import (END, PAD, PIECE, START, SubjectError, automatic_subjects, layout,
+from support import REPO, tokens_of
+
+from attend_and_excite.nodes.core.tokens import (END, PAD, PIECE, START, SubjectError, automatic_subjects,
                                                  resolve_subjects)
 
-PROMPTS = pathlib.Path(__file__).parent.parent.parent / "shared" / "data" / "ae_prompts.json"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    import comfy.sd1_clip
-    return comfy.sd1_clip.SD1Tokenizer()
-
-
-def tokens_of(tokenizer, text):
-    chunks = tokenizer.tokenize_with_weights(text, return_word_ids=True)["l"]
-    inner = tokenizer.clip_l
-    return layout(chunks, inner.inv_vocab, inner.start_token, inner.end_token)
+# The paper's 276 benchmark prompts, as the authors published them (see the README's Tests section).
+PROMPTS = pathlib.Path(REPO) / "tests" / "data" / "ae_prompts.json"
 
 
 def test_layout_marks_start_end_and_padding(tokenizer):

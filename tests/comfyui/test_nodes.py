@@ -10,16 +10,15 @@ import comfy.samplers
 import folder_paths
 import nodes
 import support
-from attend_and_excite.nodes import AttendExciteExtension
+from attend_and_excite.nodes.extension import AttendExciteExtension
 from attend_and_excite.nodes.heatmaps import AttendExciteHeatmapOverlay, AttendExciteHeatmaps
 from attend_and_excite.nodes.ksampler import AttendExciteKSampler
-from attend_and_excite.nodes.parameters import CATEGORY
+from attend_and_excite.nodes.parameters import CATEGORY, default_inputs, settings_from
 from attend_and_excite.nodes.sampler import AttendExciteSampler
 from attend_and_excite.nodes.text_encode import AttendExciteTextEncode
 
-DOCS = pathlib.Path(__file__).parent.parent / "js" / "docs"
-GUIDANCE = dict(steps_to_alter=25, thresholds="0:1.0, 20:1.0", max_refinement=2, scale_factor=20.0, scale_start=1.0,
-                scale_end=0.5, smoothing_kernel=3, smoothing_sigma=0.5, schedule_steps=50, token_indices="")
+DOCS = pathlib.Path(support.REPO) / "js" / "docs"
+GUIDANCE = dict(default_inputs(), thresholds="0:1.0, 20:1.0", max_refinement=2)
 
 
 def named(node, output) -> dict:
@@ -72,6 +71,15 @@ def test_text_encode_error_lists_the_tokens(clip):
     with pytest.raises(ValueError) as error:
         AttendExciteTextEncode.execute(clip, "a cat and a frog", "dog")
     assert "'dog' is not a word of the prompt" in str(error.value) and "5:frog" in str(error.value)
+
+
+def test_a_new_nodes_inputs_are_the_core_defaults():
+    """The schemas take their defaults from core.settings, so a new node runs the paper's settings."""
+    from attend_and_excite.nodes.core.settings import DEFAULTS
+    assert settings_from(**default_inputs()) == DEFAULTS
+    for node in (AttendExciteKSampler, AttendExciteSampler):
+        inputs = {i.id: getattr(i, "default", None) for i in node.define_schema().inputs}
+        assert {k: inputs[k] for k in default_inputs()} == default_inputs()
 
 
 def test_validation_names_the_bad_field():

@@ -2,16 +2,20 @@
 import ast
 import math
 import pathlib
+from dataclasses import replace
 
 import pytest
 import torch
 
+from support import REPO
+
 from attend_and_excite.nodes.core import excite as excite_mod
 from attend_and_excite.nodes.core.losses import attend_excite_loss
 from attend_and_excite.nodes.core.maps import SubjectScorer, gaussian_kernel, kept_columns
-from attend_and_excite.nodes.core.schedule import build_schedule, parse_thresholds
+from attend_and_excite.nodes.core.schedule import build_schedule, format_thresholds, parse_thresholds
+from attend_and_excite.nodes.core.settings import DEFAULTS
 
-CORE = pathlib.Path(__file__).parent.parent / "nodes" / "core"
+CORE = pathlib.Path(REPO) / "nodes" / "core"
 
 
 def test_core_imports_nothing_of_comfyui():
@@ -99,25 +103,56 @@ def test_thresholds_parse_and_reject():
 
 
 def test_schedule_paper_defaults_at_50_steps():
-    s = build_schedule(50, 25, {0: 0.05, 10: 0.5, 20: 0.8}, 20.0)
-    assert s.steps_to_alter == 25 and s.thresholds == {0: 0.05, 10: 0.5, 20: 0.8}
+    s = build_schedule(DEFAULTS, 50)
+    assert s.steps_to_alter == 25 and s.thresholds == {0: 0.05, 10: 0.5, 20: 0.8} and s.max_refinement == 20
     assert s.step_sizes[0] == pytest.approx(20.0)
     assert s.step_sizes[10] == pytest.approx(18.95, abs=0.01)
     assert s.step_sizes[24] == pytest.approx(17.38, abs=0.01)
     assert s.is_guided(24) and not s.is_guided(25)
 
 
+def test_step_sizes_are_the_references_to_the_last_bit():
+    """alpha_i = scale_factor * sqrt(s_i), s_i = np.linspace(1.0, 0.5, steps), as the reference computes them."""
+    linspace = [1.0 + i * (-0.5 / 49) for i in range(49)] + [0.5]      # numpy's own arithmetic for linspace
+    assert build_schedule(DEFAULTS, 50).step_sizes == tuple(20.0 * math.sqrt(v) for v in linspace)
+    assert build_schedule(replace(DEFAULTS, scale_range=(0.3, 2.0)), 1).step_sizes == (20.0 * math.sqrt(0.3),)
+
+
+def test_step_size_in_the_samplers_space():
+    """A move of the unscaled latent z = x / sqrt(1 + sigma^2) by alpha * dL/dz is, for the
+    sampler's x, a move by alpha * (1 + sigma^2) * dL/dx: checked on a loss of x."""
+    s = build_schedule(DEFAULTS, 50)
+    sigma, x = 3.0, torch.tensor([0.7, -1.2], dtype=torch.float64)
+    scale = math.sqrt(1 + sigma ** 2)
+
+    def loss_of_x(value):
+        return (value ** 3).sum() * 0.01
+
+    z = (x / scale).requires_grad_(True)
+    (grad_z,) = torch.autograd.grad(loss_of_x(z * scale), z)
+    moved_via_z = (z - s.step_sizes[3] * grad_z).detach() * scale
+    leaf = x.clone().requires_grad_(True)
+    (grad_x,) = torch.autograd.grad(loss_of_x(leaf), leaf)
+    assert torch.allclose(x - s.step_size(3, sigma) * grad_x, moved_via_z, rtol=1e-12)
+
+
 def test_schedule_rescales_step_indices_to_other_step_counts():
-    s = build_schedule(20, 25, {0: 0.05, 10: 0.5, 20: 0.8}, 20.0)
+    s = build_schedule(DEFAULTS, 20)
     assert s.steps_to_alter == 10 and s.thresholds == {0: 0.05, 4: 0.5, 8: 0.8}
-    same = build_schedule(20, 10, {0: 0.05, 4: 0.5, 8: 0.8}, 20.0, schedule_steps=20)
+    same = build_schedule(replace(DEFAULTS, steps_to_alter=10, thresholds={0: 0.05, 4: 0.5, 8: 0.8},
+                                  schedule_steps=20), 20)
     assert same.thresholds == s.thresholds and same.steps_to_alter == 10
     assert len(s.step_sizes) == 20 and s.step_sizes[-1] == pytest.approx(20 * math.sqrt(0.5))
 
 
 def test_schedule_with_no_steps_guides_nothing():
-    s = build_schedule(0, 25, {0: 0.05}, 20.0)
+    s = build_schedule(DEFAULTS, 0)
     assert s.step_sizes == () and not s.thresholds and not s.is_guided(0)
+
+
+def test_the_default_thresholds_read_back_from_their_text():
+    assert format_thresholds(DEFAULTS.thresholds) == "0:0.05, 10:0.5, 20:0.8"
+    assert parse_thresholds(format_thresholds(DEFAULTS.thresholds)) == DEFAULTS.thresholds
 
 
 def reference_refinement(x, score, step_size, threshold, max_refinement):

@@ -9,12 +9,11 @@ import torch
 
 import comfy.ldm.modules.attention as attention
 import support
-from attend_and_excite.nodes.glue.sampler import Settings
 from comfy_extras.nodes_pag import PerturbedAttentionGuidance
 
-SUBJECTS = {"attend_excite": {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}}
-GUIDED = Settings(steps_to_alter=3, thresholds={0: 1.0}, max_refinement=2, schedule_steps=6)
-OFF = Settings(steps_to_alter=3, thresholds={0: 1.0}, max_refinement=2, scale_factor=0.0, schedule_steps=6)
+SUBJECTS = support.SUBJECTS
+GUIDED = support.forced(thresholds={0: 1.0})
+OFF = support.forced(thresholds={0: 1.0}, scale_factor=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +23,7 @@ def model():
 
 
 def run(model, settings=GUIDED, stock=False):
-    positive = support.random_conditioning(1, **SUBJECTS)
-    negative = support.random_conditioning(2)
+    positive, negative = support.conditionings()
     out, record = support.sample(model, "dpmpp_2m", settings, positive, negative, torch.zeros(1, 4, 8, 8),
                                  stock=stock)
     return out, record.logs

@@ -21,7 +21,8 @@ import comfy.supported_models  # noqa: E402
 import comfy.utils  # noqa: E402
 import support  # noqa: E402
 from attend_and_excite.nodes.core.record import AttentionRecord
-from attend_and_excite.nodes.glue.sampler import Settings, attend_excite_sampler  # noqa: E402
+from attend_and_excite.nodes.core.settings import Settings  # noqa: E402
+from attend_and_excite.nodes.glue.sampler import attend_excite_sampler  # noqa: E402
 
 STEPS, GUIDANCE, SCALE_FACTOR = 10, 7.5, 20.0
 THRESHOLDS = {0: 0.05, 2: 0.5, 4: 0.8}

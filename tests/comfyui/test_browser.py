@@ -8,11 +8,13 @@ import pathlib
 
 import pytest
 
+import support
+
 from harness.browser import browser_page
 from harness.run_example import mini_family
 from harness.workflow import to_api
 
-REPO = pathlib.Path(__file__).parent.parent
+REPO = pathlib.Path(support.REPO)
 EXAMPLES = sorted((REPO / "example_workflows").glob("*.json"))
 OUT = os.path.join(os.environ.get("AE_TEST_OUTPUT", REPO / "out" / "tests"), "browser")
 APP = "(window.comfyAPI?.app?.app ?? window.app)"

@@ -16,11 +16,9 @@ from attend_and_excite.nodes.core.maps import kept_columns
 from attend_and_excite.nodes.glue.family import detect_family
 from attend_and_excite.nodes.glue.guidance import GuidancePass, autograd_weights
 from attend_and_excite.nodes.glue.recorder import AttentionRecorder, blocks_at_level, modules_through
-from attend_and_excite.nodes.glue.sampler import Settings
 from attend_and_excite.nodes.glue.text import subject_info
 
-SUBJECTS = {"attend_excite": {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}}
-FORCED = Settings(steps_to_alter=3, thresholds={0: 1.0, 2: 1.0}, max_refinement=2, schedule_steps=6)
+FORCED = support.forced()
 V_PREDICTION = comfy.model_base.ModelType.V_PREDICTION
 FAMILIES = {  # test id -> (config class, topology, model type, context width, pooled width)
     "SD2.x": ("SD20", support.SD2_TOPOLOGY, None, 1024, None),
@@ -37,16 +35,14 @@ def family(request):
     return types.SimpleNamespace(name=request.param, model=model, context=context, pooled=pooled)
 
 
-def conds(family, **subjects):
+def conds(family):
     pooled = torch.randn(1, family.pooled, generator=torch.Generator().manual_seed(3)) if family.pooled else None
-    extra = {} if pooled is None else {"pooled_output": pooled}
-    return (support.random_conditioning(1, context_dim=family.context, **extra, **subjects),
-            support.random_conditioning(2, context_dim=family.context, **extra))
+    return support.conditionings(family.context, **({} if pooled is None else {"pooled_output": pooled}))
 
 
 def run(family, sampler_name, settings=FORCED, **options):
     """(samples, guided-step logs, (B, S, h, w) maps of the first guided step)"""
-    positive, negative = conds(family, **SUBJECTS)
+    positive, negative = conds(family)
     out, record = support.sample(family.model, sampler_name, settings, positive, negative, torch.zeros(1, 4, 16, 16),
                                  **options)
     return out, record.logs, record.maps[0] if record.maps else None
@@ -77,7 +73,7 @@ def test_a_refused_model_stops_sampling_before_any_step():
                    use_linear_in_transformer=True)
     model = support.tiny_model(config=refiner, family="SDXLRefiner")
     extra = {"pooled_output": torch.randn(1, 1280)}
-    positive = support.random_conditioning(1, context_dim=1280, **extra, **SUBJECTS)
+    positive = support.random_conditioning(1, context_dim=1280, **extra, **support.SUBJECTS)
     negative = support.random_conditioning(2, context_dim=1280, **extra)
     with pytest.raises(ValueError, match="supports SD1.x, SD2.x, SDXL models"):
         support.sample(model, "euler", FORCED, positive, negative, torch.zeros(1, 4, 8, 8))
@@ -127,7 +123,7 @@ def test_guidance_pass_reads_the_intended_blocks_and_has_a_gradient(family):
 
 def test_zero_scale_equals_the_stock_ksampler(family):
     """With a multistep sampler, whose history would carry any stray change."""
-    off = Settings(steps_to_alter=3, thresholds={0: 1.0}, max_refinement=1, scale_factor=0.0, schedule_steps=6)
+    off = support.forced(thresholds={0: 1.0}, max_refinement=1, scale_factor=0.0)
     ours, logs, _ = run(family, "dpmpp_2m", off)
     stock, _, _ = run(family, "dpmpp_2m", stock=True)
     assert logs, "the guidance pass did not run"
@@ -149,9 +145,9 @@ def test_guided_steps_move_the_sampler_state_and_leave_the_model_as_it_was(famil
 
 
 def test_maps_come_from_latent_over_4_unless_map_level_says_otherwise(family):
-    _, _, maps = run(family, "euler", Settings(steps_to_alter=1, thresholds={}, schedule_steps=6))
+    _, _, maps = run(family, "euler", support.forced(steps_to_alter=1, thresholds={}))
     assert maps.shape == (1, 2, 4, 4)
-    _, _, maps = run(family, "euler", Settings(steps_to_alter=1, thresholds={}, schedule_steps=6, map_level=1))
+    _, _, maps = run(family, "euler", support.forced(steps_to_alter=1, thresholds={}, map_level=1))
     assert maps.shape == (1, 2, 8, 8)
 
 
