@@ -1,6 +1,6 @@
 # The two entry points of the README. Both build the test environment once
 # (a venv with ComfyUI 0.3.75, or the tree in COMFYUI_DIR) under .comfy/.
-.PHONY: example test thumbnails benchmark demo-model fidelity
+.PHONY: example test test-core thumbnails benchmark demo-model fidelity
 
 example:
 	bash tests/harness/comfy_env.sh python tests/harness/run_example.py $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
@@ -8,9 +8,13 @@ example:
 test:
 	bash tests/harness/comfy_env.sh python -m pytest -q -p no:cacheprovider
 
+# The pure-torch core's tests alone (tests/core): seconds, in a venv with torch and no ComfyUI.
+test-core:
+	bash tests/harness/comfy_env.sh --core python -m pytest -q -p no:cacheprovider tests/core
+
 # Template thumbnails and the README screenshot, from a real-browser run of the examples.
 thumbnails:
-	bash tests/harness/comfy_env.sh python -m pytest -q -p no:cacheprovider tests/test_browser.py
+	bash tests/harness/comfy_env.sh python -m pytest -q -p no:cacheprovider tests/comfyui/test_browser.py
 	bash tests/harness/comfy_env.sh python tests/harness/thumbnails.py
 
 # Plain KSampler against Attend-and-Excite: time, ratio, peak memory, per-part profile (see the README).

