@@ -8,6 +8,7 @@ calls finds each guided step's state evaluation and moves that tensor first.
 import contextlib
 import logging
 import math
+
 import torch
 
 import comfy.model_management

@@ -3,6 +3,10 @@ tokenize route: each must hold for every prompt and every body."""
 import asyncio
 import json
 import sys
+import types
+
+import aiohttp
+from aiohttp.base_protocol import BaseProtocol
 
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -46,17 +50,15 @@ def test_the_route_answers_any_text_and_subjects_field(text, subjects):
     assert (answer["error"] is None) or answer["chosen"] == []
 
 
-class Body:
-    """What the route reads of an aiohttp request: its body stream, which hands out what
-    has arrived so far (here, at most `piece` bytes a read) and b"" at its end."""
-
-    def __init__(self, data: bytes, piece: int = 100):
-        self.content = self
-        self.data, self.piece = data, piece
-
-    async def read(self, limit: int) -> bytes:
-        chunk, self.data = self.data[:min(limit, self.piece)], self.data[min(limit, self.piece):]
-        return chunk
+def request_with_body(data: bytes, piece: int = 100) -> types.SimpleNamespace:
+    """What the route reads of a request: aiohttp's own body stream, fed in pieces as a
+    network delivers them, then closed."""
+    reader = aiohttp.StreamReader(BaseProtocol(asyncio.get_running_loop()), 2 ** 16,
+                                  loop=asyncio.get_running_loop())
+    for start in range(0, len(data), piece):
+        reader.feed_data(data[start:start + piece])
+    reader.feed_eof()
+    return types.SimpleNamespace(content=reader)
 
 
 AUDITED = []     # Python's audit events (open, socket.*, subprocess.*, os.*, ...) while `auditing`
@@ -66,9 +68,10 @@ sys.addaudithook(lambda event, args: AUDITED.append(event) if auditing else None
 
 async def audited_route_call(body: bytes):
     global auditing
+    request = request_with_body(body)
     auditing = True
     try:
-        return await tokenize_route(Body(body))
+        return await tokenize_route(request)
     finally:
         auditing = False
 
