@@ -136,7 +136,7 @@ def run_config(name: str, shape_name: str) -> dict:
                 return nodes.common_ksampler(model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive,
                                              negative, latent)[0]
             return AttendExciteKSampler.execute(model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive,
-                                                negative, latent, 1.0, **default_inputs(), **changes).result[0]
+                                                negative, latent, 1.0, **{**default_inputs(), **changes}).result[0]
 
     sample()                                   # warm-up: loads the model, builds kernels
     if cuda:
