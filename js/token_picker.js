@@ -40,14 +40,16 @@ async function tokenize(text, subjects) {
 
 const splitItems = (subjects) => subjects.split(/[,;\n]/).map((s) => s.trim()).filter(Boolean);
 
-// The `subjects` text after a click on `word`: an item naming the word (by text or by
-// its positions) is taken out, otherwise the word is added. An empty field stands for
-// the automatic subjects, so they become the starting list.
+// The `subjects` text after a click on `word`: an item naming the word (by text, as one
+// word of a compound such as "teddy bear", or by its positions) is taken out, otherwise
+// the word is added. An empty field stands for the automatic subjects, so they become
+// the starting list.
 export function toggleSubject(subjects, chosen, word) {
   const items = splitItems(subjects).length ? splitItems(subjects) : chosen.map((c) => c.text);
   const positions = new Set(word.positions.map(String));
   const names = (item) =>
-    item.toLowerCase() === word.text.toLowerCase() || item.split("+").every((p) => positions.has(p.trim()));
+    item.toLowerCase().split(/\s+/).includes(word.text.toLowerCase()) ||
+    item.split("+").every((p) => positions.has(p.trim()));
   const kept = items.filter((item) => !names(item));
   return (kept.length === items.length ? [...items, word.text] : kept).join(", ");
 }

@@ -3,10 +3,12 @@
 Works on the tokenizer's output laid out as context columns (several 77-token
 chunks for long prompts, each with its own start and end token). A subject is
 given as words ("cat, frog"), as column positions ("2,5"), or found
-automatically (the head noun of each noun phrase).
+automatically (the nouns, nouns.py).
 """
 import re
 from dataclasses import dataclass
+
+from .nouns import noun_spans
 
 START, END, PAD, PIECE, EMBEDDING = "start", "end", "pad", "piece", "embedding"
 
@@ -58,29 +60,15 @@ def _normalise(word: str) -> str:
     return re.sub(r"[^\w]", "", word.lower())
 
 
-# Words that join or introduce noun phrases, and words that are never the subject
-# itself. Small on purpose: the head noun is the last other word of a phrase.
-CONNECTORS = {"and", "with", "or", "of", "on", "in", "at", "by", "under", "over", "beside", "behind",
-              "near", "next", "to", "holding", "wearing", "riding", "inside", "above", "below", "from",
-              "between", "into", "onto", "for", "while", "has", "having", "is", "are", "sitting",
-              "standing", "against", "through", "along", "around", "like", "without"}
-NON_SUBJECTS = {"a", "an", "the", "this", "that", "these", "those", "some", "two", "three", "one", "its",
-                "his", "her", "their", "photo", "picture", "image", "painting", "drawing", "illustration",
-                "render", "rendering", "sketch", "close", "up", "closeup", "portrait", "style", "view",
-                "shot", "highly", "detailed", "very", "realistic", "photorealistic", "4k", "8k", "hd"}
-
-
 def automatic_subjects(tokens: list[Token]) -> list[Subject]:
-    """The last content word of every phrase between connectors or punctuation."""
-    found, candidate = [], None
-    for word in words(tokens) + [Subject(",", ())]:
-        key = _normalise(word.label)
-        if key in CONNECTORS or not key or word.label.strip() in {",", ".", ";", ":", "!", "?"}:
-            if candidate is not None:
-                found.append(candidate)
-            candidate = None
-        elif key not in NON_SUBJECTS and word.label != "<embedding>" and not key.isdigit():
-            candidate = word
+    """The nouns a part-of-speech tagger would find, a compound ('teddy bear') as one
+    subject (nouns.py); embeddings are never subjects."""
+    found = []
+    all_words = words(tokens)
+    for start, stop in noun_spans([w.label for w in all_words]):
+        kept = [w for w in all_words[start:stop] if w.label != "<embedding>"]
+        if kept:
+            found.append(Subject(" ".join(w.label for w in kept), tuple(c for w in kept for c in w.columns)))
     return found
 
 

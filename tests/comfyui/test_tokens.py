@@ -73,6 +73,18 @@ def expected_subjects(prompt):
     return [half.split()[-1] for half in halves]
 
 
+def test_automatic_subjects_of_free_form_prompts_through_the_tokenizer(tokenizer):
+    """The tagger's free-form set (tests/data/free_form_nouns.json), from the CLIP tokenizer's
+    pieces: a compound is one subject holding both words' columns."""
+    cases = json.loads((pathlib.Path(REPO) / "tests" / "data" / "free_form_nouns.json").read_text())
+    for prompt, expected in cases.items():
+        tokens, _ = tokens_of(tokenizer, prompt)
+        found = automatic_subjects(tokens)
+        assert [s.label for s in found] == expected, prompt
+        for subject in found:
+            assert " ".join(tokens[c].text for c in subject.columns).replace(" ", "") == subject.label.replace(" ", "")
+
+
 def test_automatic_subjects_on_all_276_benchmark_prompts(tokenizer):
     prompts = [p for group in json.loads(PROMPTS.read_text()).values() for p in group]
     assert len(prompts) == 276
