@@ -18,3 +18,16 @@ class Settings:
 
 
 DEFAULTS = Settings()
+
+
+@dataclass(frozen=True)
+class BoostSettings:
+    """The attention boost's (boost.py): the document's weights, at every step."""
+    alpha: float = 1.5                  # the subject tokens' attention is multiplied by alpha ...
+    beta: float = 0.5                   # ... every other token's by beta
+    renormalise: bool = False           # the document leaves the rows unnormalised
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+
+
+BOOST_DEFAULTS = BoostSettings()

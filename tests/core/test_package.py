@@ -54,7 +54,7 @@ def test_the_benchmark_prompts_ship_with_the_tests():
 
 # The modules that hold the algorithm (not the picture-drawing ones, which use the package's
 # declared numpy and Pillow): importable with torch and nothing else.
-ALGORITHM = ["excite", "losses", "maps", "record", "schedule", "settings", "tokens"]
+ALGORITHM = ["boost", "excite", "losses", "maps", "nouns", "record", "schedule", "settings", "tokens"]
 NOT_AVAILABLE = ["comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "nodes",
                  "aiohttp", "numpy", "PIL"]
 

@@ -1,4 +1,5 @@
-"""Plain KSampler against KSampler (Attend-and-Excite) on one model, seed and sampler.
+"""Plain KSampler against KSampler (Attend-and-Excite), and against the stock KSampler on a
+model patched by the attention boost, on one model, seed and sampler.
 
     make benchmark            (or: python tests/harness/benchmark.py [--out DIR] [--no-reference])
 
@@ -24,11 +25,13 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from harness.server import REPO  # noqa: E402
 
-CONFIGS = {  # name -> changes to the paper's settings (None: the stock KSampler)
-    "plain KSampler": None,
-    "A&E, no refinement": {"thresholds": ""},
-    "A&E, default thresholds": {},
-    "A&E, forced 3 x 20 refinement": {"thresholds": "0:1.0, 10:1.0, 20:1.0"},
+CONFIGS = {  # name -> (sampler, changes): to the paper's settings for "guided", to the boost node's for "boost"
+    "plain KSampler": ("plain", {}),
+    "A&E, no refinement": ("guided", {"thresholds": ""}),
+    "A&E, default thresholds": ("guided", {}),
+    "A&E, forced 3 x 20 refinement": ("guided", {"thresholds": "0:1.0, 10:1.0, 20:1.0"}),
+    "attention boost (KSampler)": ("boost", {}),
+    "attention boost, renormalised (KSampler)": ("boost", {"renormalise": True}),
 }
 SEED, CFG, SAMPLER = 1, 7.5, "euler"
 TIMED_CALLS = 2     # the faster one counts: these machines are noisy
@@ -117,6 +120,9 @@ def run_config(name: str, shape_name: str) -> dict:
     import comfy.model_management
     import comfy.utils
     import nodes
+    from dataclasses import asdict
+    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost
+    from attend_and_excite.nodes.core.settings import BOOST_DEFAULTS
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
     from attend_and_excite.nodes.parameters import default_inputs
 
@@ -128,11 +134,14 @@ def run_config(name: str, shape_name: str) -> dict:
     pooled = {} if setup["pooled"] is None else {"pooled_output": torch.randn(1, setup["pooled"])}
     positive, negative = support.conditionings(setup["unet"]["context_dim"], **pooled)
     latent = {"samples": torch.zeros(1, 4, setup["size"] // 8, setup["size"] // 8)}
-    changes = CONFIGS[name]
+    how, changes = CONFIGS[name]
+    if how == "boost":
+        inputs = {**asdict(BOOST_DEFAULTS), "blocks": "all", **changes}
+        model = AttendExciteAttentionBoost.execute(model, **inputs).result[0]
 
     def sample():
         with torch.inference_mode():
-            if changes is None:
+            if how != "guided":
                 return nodes.common_ksampler(model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive,
                                              negative, latent)[0]
             return AttendExciteKSampler.execute(model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive,
@@ -149,7 +158,7 @@ def run_config(name: str, shape_name: str) -> dict:
         seconds.append(timer.seconds["total"])
     peak = torch.cuda.max_memory_allocated() if cuda else None
     parts = PartTimer(cuda)
-    if changes is not None:
+    if how == "guided":
         with profiled(parts), parts.part("total"):
             sample()
     return {"seconds": min(seconds), "peak_gib": peak / 2 ** 30 if cuda else None,
