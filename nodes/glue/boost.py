@@ -14,7 +14,7 @@ from .recorder import blocks_at_level, cross_attention_blocks
 from .family import detect_family
 from .text import SUBJECTS_KEY
 
-ROWS_KEY = "attend_excite_boost"     # transformer_options: {conditioning uuid: subject columns}
+ROWS_KEY = "attend_excite_boost"     # transformer_options[ROWS_KEY:id]: {"columns": {conditioning uuid: columns}}
 WRAPPER_KEY = "attend_excite_boost"
 
 
@@ -40,6 +40,11 @@ class AttentionBoost:
             rows[entry["uuid"]] = columns
         return rows
 
+    @property
+    def key(self) -> str:
+        """This boost's entry in transformer_options (two boosts chained on one model keep theirs apart)."""
+        return f"{ROWS_KEY}:{id(self)}"
+
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
         sampling = model.model_sampling
         start, end = (float(sampling.percent_to_sigma(p)) for p in self.percents)
@@ -47,7 +52,7 @@ class AttentionBoost:
         rows = self.subject_rows(conds) if end <= sigma <= start else {}
         if rows:
             options = model_options.get("transformer_options", {})
-            model_options = {**model_options, "transformer_options": {**options, ROWS_KEY: {"columns": rows}}}
+            model_options = {**model_options, "transformer_options": {**options, self.key: {"columns": rows}}}
         return executor(model, conds, x_in, timestep, model_options)
 
     def attn2(self, previous):
@@ -59,27 +64,25 @@ class AttentionBoost:
                 if previous is not None:
                     return previous(q, k, v, extra_options)
                 return attention.optimized_attention(q, k, v, heads, attn_precision=precision)
-            table = extra_options.get(ROWS_KEY)
+            table = extra_options.get(self.key)
             if table is None:
                 return plain(q, k, v)
-            mask, rows, any_row = self._mask(table, extra_options["uuids"], q.shape[0], k.shape[1], q.device)
-            if not any_row:
+            mask, rows, bias = self._mask(table, extra_options["uuids"], q.shape[0], k.shape[1], q.device)
+            if rows is None:
                 return plain(q, k, v)
-            out = plain(q, k, v).clone()
             if self.renormalise and previous is None:
-                bias = logit_bias(mask[rows], self.alpha, self.beta).to(q.dtype)[:, None, :]
-                out[rows] = attention.optimized_attention_masked(q[rows], k[rows], v[rows], heads, bias,
-                                                                 attn_precision=precision)
-            else:
-                out[rows] = excited(out[rows], q[rows], k[rows], v[rows], heads, mask[rows], self.alpha,
-                                    self.beta, self.renormalise)
+                # one kernel call for the whole batch: rows without subjects get a zero bias
+                return attention.optimized_attention_masked(q, k, v, heads, bias.to(q.dtype),
+                                                            attn_precision=precision)
+            out = plain(q, k, v).clone()
+            out[rows] = excited(out[rows], q[rows], k[rows], v[rows], heads, mask[rows], self.alpha, self.beta,
+                                self.renormalise)
             return out
         return attend
 
-    @staticmethod
-    def _mask(table: dict, uuids: list, batch: int, tokens: int, device) -> tuple:
-        """(mask (batch, tokens) bool: each row's subject columns, rows with any, whether any
-        row has one), built once per model call and device, not per layer."""
+    def _mask(self, table: dict, uuids: list, batch: int, tokens: int, device) -> tuple:
+        """(mask (batch, tokens) bool: each row's subject columns, the rows that have some or None,
+        the renormalised rule's logit bias (batch, 1, tokens)), built once per model call, not per layer."""
         key = (tuple(uuids), batch, tokens, device)
         if table.get("key") != key:
             mask = torch.zeros(batch, tokens, dtype=torch.bool)
@@ -89,7 +92,9 @@ class AttentionBoost:
                 if columns:
                     mask[chunk * per_chunk:(chunk + 1) * per_chunk, columns] = True
             rows = mask.any(dim=-1)
-            table["key"], table["built"] = key, (mask.to(device), rows.to(device), bool(rows.any()))
+            bias = torch.where(rows[:, None], logit_bias(mask, self.alpha, self.beta), 0.0)[:, None, :]
+            table["key"] = key
+            table["built"] = (mask.to(device), rows.to(device) if rows.any() else None, bias.to(device))
         return table["built"]
 
 
