@@ -22,9 +22,10 @@ benchmark:
 	bash tests/harness/comfy_env.sh python tests/harness/benchmark.py
 
 # The demo model's weights (nodes/demo/), trained again from their fixed seed, and the
-# fidelity benchmark on them (plain against Attend-and-Excite; see the README).
+# grounding of its words and the fidelity benchmark on them (see the README).
 demo-model:
 	bash tests/harness/comfy_env.sh python tests/harness/train_demo.py
 
 fidelity:
+	bash tests/harness/comfy_env.sh python tests/harness/grounding.py
 	bash tests/harness/comfy_env.sh python tests/harness/fidelity.py

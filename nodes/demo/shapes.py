@@ -41,14 +41,26 @@ def signed_distance(kind: str, dx: torch.Tensor, dy: torch.Tensor, radius: float
     raise ValueError(f"unknown shape {kind!r}; known: {', '.join(SHAPES)}")
 
 
-def draw(shapes: list[Shape], size: int = IMAGE_SIZE) -> torch.Tensor:
-    """(3, size, size) in [0, 1], edges anti-aliased over one pixel."""
+def coverage(shape: Shape, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """(size, size): how much of each pixel the shape covers, edges anti-aliased over one pixel."""
     ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    return (0.5 - signed_distance(shape.kind, xs - shape.x, ys - shape.y, shape.radius)).clamp(0, 1)
+
+
+def draw(shapes: list[Shape], size: int = IMAGE_SIZE) -> torch.Tensor:
+    """(3, size, size) in [0, 1]."""
     image = torch.tensor(BACKGROUND).view(3, 1, 1).expand(3, size, size).clone()
     for s in shapes:
-        cover = (0.5 - signed_distance(s.kind, xs - s.x, ys - s.y, s.radius)).clamp(0, 1)
+        cover = coverage(s, size)
         image = image * (1 - cover) + torch.tensor(COLOURS[s.colour]).view(3, 1, 1) * cover
     return image
+
+
+def cell_masks(shapes: list[Shape], cells: int, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """(len(shapes), cells, cells): the share of each cell of a cells x cells grid that each
+    shape covers (the grid of an attention map)."""
+    covers = torch.stack([coverage(s, size) for s in shapes])
+    return torch.nn.functional.adaptive_avg_pool2d(covers[:, None], cells)[:, 0]
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -81,3 +93,10 @@ def subject_pairs() -> list[tuple[str, str]]:
     subjects = [(c, k) for c in COLOURS for k in SHAPES]
     return [(f"{a[0]} {a[1]}", f"{b[0]} {b[1]}") for i, a in enumerate(subjects) for b in subjects[i + 1:]
             if a[0] != b[0] and a[1] != b[1]]
+
+
+def word_columns(number: int) -> tuple[int, int]:
+    """The context columns of the colour and the kind word of a caption's shape `number`:
+    each word is one token of the CLIP vocabulary, after the start token, four per shape
+    ('a red circle and ...')."""
+    return 2 + 4 * number, 3 + 4 * number

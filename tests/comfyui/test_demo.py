@@ -19,6 +19,7 @@ from attend_and_excite.nodes.text_encode import AttendExciteTextEncode
 
 QUICK_PAIRS = 3
 FIDELITY = os.path.join(REPO, "js", "docs", "fidelity.json")
+GROUNDING = os.path.join(REPO, "js", "docs", "grounding.json")
 
 
 def test_the_demo_config_records_8x8_maps_at_latent_2():
@@ -48,16 +49,18 @@ def test_shipped_weights_come_from_the_training_script_defaults():
 
 
 def test_stock_nodes_draw_the_prompt_with_the_demo_model(demo):
+    """The loader's MODEL, CLIP and VAE through the stock nodes: a prompt the model draws well
+    (README: one-shape prompts, 4 images each) comes out as the detector reads it."""
     model, clip, vae = demo
     assert detect_family(model.model) is DEMO
     with torch.inference_mode():
-        positive = nodes.CLIPTextEncode().encode(clip, "a green triangle")[0]
+        positive = nodes.CLIPTextEncode().encode(clip, "a blue circle")[0]
         negative = nodes.CLIPTextEncode().encode(clip, "")[0]
         latent = nodes.EmptyLatentImage().generate(128, 128, 4)[0]
         samples = nodes.common_ksampler(model, 1, 20, 5.0, "euler", "normal", positive, negative, latent)[0]
         images = nodes.VAEDecode().decode(vae, samples)[0]
     assert images.shape == (4, 128, 128, 3)
-    assert sum(present(["green triangle"], image.movedim(-1, 0))[0] for image in images) >= 3
+    assert sum(present(["blue circle"], image.movedim(-1, 0))[0] for image in images) >= 3
 
 
 def test_attend_and_excite_reads_8x8_maps_of_the_demo_model(demo):
@@ -77,7 +80,7 @@ def test_the_shipped_weights_give_the_published_benchmark_rates(demo):
     """The first prompts of the fidelity benchmark (README, js/docs/fidelity.json), sampled
     again: each prompt's both-present rate per sampler, within one image of the published one
     (another CPU may round a few pixels differently)."""
-    from harness.fidelity import measure
+    from harness.fidelity import SAMPLERS, measure
     with open(FIDELITY) as f:
         published = json.load(f)
     settings = published["settings"]
@@ -86,5 +89,56 @@ def test_the_shipped_weights_give_the_published_benchmark_rates(demo):
     images = len(settings["seeds"]) * settings["images_per_seed"]
     for measured, expected in zip(results["per_prompt"], published["per_prompt"]):
         assert measured["prompt"] == expected["prompt"]
-        for sampler in ("plain", "attend_and_excite"):
+        for sampler in SAMPLERS:
             assert abs(measured[sampler] - expected[sampler]) * images <= 1, (measured, expected)
+
+
+def test_caption_words_are_one_token_each_at_their_columns(demo):
+    """The grounding term and the probe find each word by its column (shapes.word_columns)."""
+    from attend_and_excite.nodes.demo.shapes import COLOURS, SHAPES, word_columns
+    clip = demo[1]
+    ids = [token for token, _ in clip.tokenize("a red circle and a blue square")["l"][0]]
+    for number, words in enumerate((("red", "circle"), ("blue", "square"))):
+        assert [ids[c] for c in word_columns(number)] == [clip.tokenize(w)["l"][0][1][0] for w in words]
+    for word in (*COLOURS, *SHAPES):
+        assert len([t for t, _ in clip.tokenize(word)["l"][0] if t != 49407]) == 2, word   # start token + word
+
+
+def test_training_capture_computes_what_comfyui_computes(demo):
+    """The training script's explicit attention (for the grounding term) gives the model's own
+    output, and one map per cross-attention layer whose rows are distributions."""
+    from attend_and_excite.nodes.glue.recorder import cross_attention_blocks
+    from harness.train_demo import AttentionCapture
+    unet = demo[0].model
+    capture = AttentionCapture(unet.diffusion_model)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, generator=generator) * 3
+    context = torch.randn(2, 77, 64, generator=generator)
+    sigma = torch.tensor([3.0, 0.5])
+    with torch.no_grad():
+        plain = unet.apply_model(x, sigma, c_crossattn=context)
+        captured = unet.apply_model(x, sigma, c_crossattn=context, transformer_options=capture.transformer_options)
+    maps = capture.take()
+    assert torch.allclose(captured, plain, atol=1e-4, rtol=1e-4)
+    layers = sum(b.depth for b in cross_attention_blocks(unet.diffusion_model))
+    assert len(maps) == layers and capture.take() == []
+    assert {m.shape for m in maps} == {(2, 64, 77), (2, 16, 77)}
+    for m in maps:
+        assert torch.allclose(m.sum(-1), torch.ones(m.shape[:2]), atol=1e-5)
+
+
+
+def test_the_shipped_weights_give_the_published_grounding(demo):
+    """The grounding of the demo model's words (README, js/docs/grounding.json), measured again:
+    each token kind's pointing game within one case of the published share, its mass inside the
+    shape within 0.01."""
+    from harness.grounding import measure
+    with open(GROUNDING) as f:
+        published = json.load(f)
+    measured = measure(*demo, scenes=published["scenes"])
+    cases = 2 * published["scenes"]
+    for sigma, row in published["by_sigma"].items():
+        for kind, expected in row.items():
+            got = measured[float(sigma)][kind]
+            assert abs(got["pointing"] - expected["pointing"]) * cases <= 1, (sigma, kind, got, expected)
+            assert abs(got["mass_inside"] - expected["mass_inside"]) <= 0.01, (sigma, kind, got, expected)

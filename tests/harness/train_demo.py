@@ -14,6 +14,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -22,6 +23,7 @@ from support import import_comfy, import_package  # noqa: E402
 
 CHECKPOINT_EVERY = 200
 SHAPE_WEIGHT = 4.0      # the autoencoder's loss on a shape's pixels, over the background's: colours come first
+MASK_CELLS = 8          # the shapes' masks on the finest attention grid (latent/2), pooled for coarser layers
 MIN_SNR = 5.0           # noise levels above this signal-to-noise ratio weigh as if at it (Hang et al., 2023)
 
 
@@ -189,18 +191,62 @@ def scale_latents(vae, args, device):
 
 @torch.no_grad()
 def encode_dataset(vae, args, device):
-    from attend_and_excite.nodes.demo.shapes import caption
+    """Latents, captions, and each shape's mask on the finest attention grid (zero for a
+    picture's missing second shape)."""
+    from attend_and_excite.nodes.demo.shapes import caption, cell_masks
     path = os.path.join(args.work, "latents.pt")
     if os.path.exists(path):
         return torch.load(path)
-    latents, captions = [], []
+    latents, captions, masks = [], [], []
     for chunk in range(args.dataset // 256):
         batch = scenes(args.seed + 1, chunk, 256, args.two_share)
         latents.append(vae.quant_conv(vae.encoder(pictures(batch).to(device))).chunk(2, dim=1)[0].cpu())
         captions += [caption(s) for s in batch]
-    data = {"latents": torch.cat(latents), "captions": captions}
+        masks += [F.pad(cell_masks(s, MASK_CELLS), (0, 0, 0, 0, 0, 2 - len(s))) for s in batch]
+    data = {"latents": torch.cat(latents), "captions": captions, "masks": torch.stack(masks)}
     torch.save(data, path)
     return data
+
+
+class AttentionCapture:
+    """attn2 replace patches for every cross-attention layer: the attention computed
+    explicitly (with its gradients), its probabilities kept as their mean over heads."""
+
+    def __init__(self, diffusion_model):
+        from attend_and_excite.nodes.glue.recorder import cross_attention_blocks
+        attend = self.attend
+        self.transformer_options = {"patches_replace": {"attn2": {
+            (b.name, b.number, i): attend for b in cross_attention_blocks(diffusion_model) for i in range(b.depth)}}}
+        self.maps = []
+
+    def attend(self, q, k, v, extra_options):
+        heads = extra_options["n_heads"]
+        b, n, inner = q.shape
+        qh, kh, vh = (t.view(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
+        probs = torch.softmax(qh @ kh.transpose(-1, -2) * (inner // heads) ** -0.5, dim=-1)
+        self.maps.append(probs.mean(dim=1))
+        return (probs @ vh).transpose(1, 2).reshape(b, n, inner)
+
+    def take(self) -> list[torch.Tensor]:
+        maps, self.maps = self.maps, []
+        return maps
+
+
+def grounding_term(maps: list[torch.Tensor], masks: torch.Tensor, captioned: torch.Tensor) -> torch.Tensor:
+    """The grounding loss of every shape's colour and kind word, in every captioned picture,
+    at every cross-attention layer (masks pooled to the layer's grid)."""
+    from attend_and_excite.nodes.demo.grounding import grounding_loss
+    from attend_and_excite.nodes.demo.shapes import word_columns
+    columns = torch.tensor([c for number in range(2) for c in word_columns(number)], device=masks.device)
+    words = masks.repeat_interleave(2, dim=1)                            # (B, 4, cells, cells): colour, kind, ...
+    shown = (words.flatten(2).sum(-1) > 0) & captioned[:, None]
+    terms = []
+    for attention in maps:
+        side = int(attention.shape[1] ** 0.5)
+        grid = F.adaptive_avg_pool2d(words, side).flatten(2)
+        picked = attention[:, :, columns].transpose(1, 2)               # (B, 4, cells)
+        terms.append(grounding_loss(picked[shown], grid[shown]))
+    return torch.stack(terms).mean()
 
 
 def encode(clip, texts: list[str]) -> torch.Tensor:
@@ -219,23 +265,29 @@ def train_diffusion(args, device, data):
     parameters = list(unet.diffusion_model.parameters()) + list(text.parameters())
     stage = Stage(os.path.join(args.work, "diffusion.pt"), parameters, args.lr, args.steps, 0.999)
     latents = unet.process_latent_in(data["latents"]).to(device)
-    captions = data["captions"]
+    captions, masks = data["captions"], data["masks"].to(device)
+    capture = AttentionCapture(unet.diffusion_model)
     sigmas = unet.model_sampling.sigmas.to(device)
     started = time.time()
     while stage.step < stage.steps:
         generator = torch.Generator().manual_seed(args.seed * 7_000_003 + stage.step)
         rows = torch.randint(len(captions), (args.batch,), generator=generator)
-        texts = ["" if torch.rand((), generator=generator) < 0.1 else captions[i] for i in rows.tolist()]
+        dropped = torch.rand(args.batch, generator=generator) < 0.1
+        texts = ["" if drop else captions[i] for i, drop in zip(rows.tolist(), dropped.tolist())]
         x0 = latents[rows.to(device)]
         noise = torch.randn(x0.shape, generator=generator).to(device)
         sigma = sigmas[torch.randint(len(sigmas), (args.batch,), generator=generator).to(device)]
         context = encode(clip, texts)
         noisy = x0 + noise * sigma.view(-1, 1, 1, 1)
-        denoised = unet.apply_model(noisy, sigma, c_crossattn=context.to(device))
+        denoised = unet.apply_model(noisy, sigma, c_crossattn=context.to(device),
+                                    transformer_options=capture.transformer_options)
         predicted_noise = (noisy - denoised) / sigma.view(-1, 1, 1, 1)
         # the fine detail of the nearly clean levels would otherwise take the most of a short training
         weight = (MIN_SNR * sigma ** 2).clamp(max=1)
         loss = (weight * (predicted_noise - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        maps = capture.take()
+        if args.ground_weight:
+            loss = loss + args.ground_weight * grounding_term(maps, masks[rows.to(device)], ~dropped.to(device))
         stage.update(loss)
         if stage.step % 50 == 0:
             print(f"diffusion {stage.step}/{stage.steps} loss {loss.item():.4f} ({time.time() - started:.0f} s)",
@@ -277,6 +329,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--unet-channels", type=int, default=32)
     parser.add_argument("--vae-channels", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ground-weight", type=float, default=0.3,
+                        help="weight of the grounding term (colour and kind words' attention onto their shape)")
     return parser
 
 
