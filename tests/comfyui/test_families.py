@@ -188,3 +188,21 @@ def test_sdxl_encoders_share_the_columns_and_pad_differently():
     assert info["subjects"] == [[2], [5]] and info["end_columns"] == [76, second_end]
     kept = kept_columns(154, 77, info["end_columns"], detect_family(bare_config("SDXL")).drop_from_end).tolist()
     assert kept == list(range(1, 76)) + list(range(78, second_end))
+
+
+def test_the_attention_boost_acts_on_each_family_and_is_neutral_at_one(family):
+    """The boost's patch on SD2.x's and SDXL's cross-attention blocks (SDXL's context: CLIP-L and
+    CLIP-G side by side, so the subject columns are the same), both blocks options."""
+    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost
+    positive, negative = conds(family)
+    latent = torch.zeros(1, 4, 16, 16)
+
+    def stock(model):
+        return support.sample(model, "euler", None, positive, negative, latent, steps=3, stock=True)[0]
+    plain = stock(family.model)
+    for blocks in ("all", "map level"):
+        inputs = dict(start_percent=0.0, end_percent=1.0, blocks=blocks, renormalise=False)
+        neutral = AttendExciteAttentionBoost.execute(family.model, alpha=1.0, beta=1.0, **inputs).result[0]
+        boosted = AttendExciteAttentionBoost.execute(family.model, alpha=3.0, beta=0.5, **inputs).result[0]
+        assert torch.equal(stock(neutral), plain), blocks
+        assert not torch.equal(stock(boosted), plain), blocks
