@@ -27,8 +27,8 @@ def excited(base: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
             subject_mask: torch.Tensor, alpha: float, beta: float, renormalise: bool) -> torch.Tensor:
     """The excited output of rows whose plain attention output is `base`.
 
-    q (B, N, H*D), k and v (B, T, H*D), base (B, N, H*D), subject_mask (B, T) bool.
-    Only the subject columns' probabilities are formed (in fp32); the rest comes from `base`.
+    q (B, N, H*D), k and v (B, T, H*D), base (B, N, H*D), subject_mask (B, T) bool. The
+    probabilities are formed in fp32 and kept on the subject columns; the rest comes from `base`.
     """
     b, n, inner = q.shape
     dim = inner // heads

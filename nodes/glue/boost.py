@@ -5,7 +5,6 @@ batch chunk's conditioning uuid to the attention patches)."""
 import torch
 
 import comfy.ldm.modules.attention as attention
-import comfy.model_patcher
 import comfy.patcher_extension
 
 from ..core.boost import excited, logit_bias, validate
@@ -67,23 +66,22 @@ class AttentionBoost:
             table = extra_options.get(self.key)
             if table is None:
                 return plain(q, k, v)
-            mask, rows, bias = self._mask(table, extra_options["uuids"], q.shape[0], k.shape[1], q.device)
+            mask, rows, bias = self._mask(table, extra_options["uuids"], q.shape[0], k.shape[1], q.device, q.dtype)
             if rows is None:
                 return plain(q, k, v)
             if self.renormalise and previous is None:
                 # one kernel call for the whole batch: rows without subjects get a zero bias
-                return attention.optimized_attention_masked(q, k, v, heads, bias.to(q.dtype),
-                                                            attn_precision=precision)
+                return attention.optimized_attention_masked(q, k, v, heads, bias, attn_precision=precision)
             out = plain(q, k, v).clone()
             out[rows] = excited(out[rows], q[rows], k[rows], v[rows], heads, mask[rows], self.alpha, self.beta,
                                 self.renormalise)
             return out
         return attend
 
-    def _mask(self, table: dict, uuids: list, batch: int, tokens: int, device) -> tuple:
+    def _mask(self, table: dict, uuids: list, batch: int, tokens: int, device, dtype) -> tuple:
         """(mask (batch, tokens) bool: each row's subject columns, the rows that have some or None,
         the renormalised rule's logit bias (batch, 1, tokens)), built once per model call, not per layer."""
-        key = (tuple(uuids), batch, tokens, device)
+        key = (tuple(uuids), batch, tokens, device, dtype)
         if table.get("key") != key:
             mask = torch.zeros(batch, tokens, dtype=torch.bool)
             per_chunk = batch // len(uuids)
@@ -94,7 +92,7 @@ class AttentionBoost:
             rows = mask.any(dim=-1)
             bias = torch.where(rows[:, None], logit_bias(mask, self.alpha, self.beta), 0.0)[:, None, :]
             table["key"] = key
-            table["built"] = (mask.to(device), rows.to(device) if rows.any() else None, bias.to(device))
+            table["built"] = (mask.to(device), rows.to(device) if rows.any() else None, bias.to(device, dtype))
         return table["built"]
 
 
