@@ -9,6 +9,12 @@ from .parameters import CATEGORY
 BLOCKS = ("all", "map level")
 
 
+def default_inputs() -> dict:
+    """The boost's inputs as a new node has them (its model aside)."""
+    return {entry.id: entry.default for entry in AttendExciteAttentionBoost.define_schema().inputs
+            if entry.id != "model"}
+
+
 class AttendExciteAttentionBoost(io.ComfyNode):
     @classmethod
     def define_schema(cls):

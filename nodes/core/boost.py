@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from .maps import attention_probabilities, merge_heads, split_heads
+
 
 def validate(alpha: float, beta: float):
     if not (alpha > 0 and beta > 0 and math.isfinite(alpha) and math.isfinite(beta)):
@@ -30,13 +32,8 @@ def excited(base: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     q (B, N, H*D), k and v (B, T, H*D), base (B, N, H*D), subject_mask (B, T) bool. The
     probabilities are formed in fp32 and kept on the subject columns; the rest comes from `base`.
     """
-    b, n, inner = q.shape
-    dim = inner // heads
-    qh = q.view(b, n, heads, dim).transpose(1, 2).float()
-    kh, vh = (t.view(b, -1, heads, dim).transpose(1, 2).float() for t in (k, v))
-    probs = torch.softmax(qh @ kh.transpose(-1, -2) * dim ** -0.5, dim=-1) * subject_mask[:, None, None, :]
-    base_h = base.view(b, n, heads, dim).transpose(1, 2).float()
-    out = beta * base_h + (alpha - beta) * (probs @ vh)
+    probs = attention_probabilities(q, k, heads) * subject_mask[:, None, None, :]
+    out = beta * split_heads(base, heads).float() + (alpha - beta) * (probs @ split_heads(v, heads).float())
     if renormalise:
         out = out / (beta + (alpha - beta) * probs.sum(dim=-1, keepdim=True))
-    return out.transpose(1, 2).reshape(b, n, inner).to(base.dtype)
+    return merge_heads(out).to(base.dtype)

@@ -10,6 +10,24 @@ import torch.nn.functional as F
 SHARPENING = 100.0
 
 
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, H*D) -> (B, H, N, D)."""
+    b, n, inner = t.shape
+    return t.view(b, n, heads, inner // heads).transpose(1, 2)
+
+
+def merge_heads(t: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, D) -> (B, N, H*D)."""
+    b, h, n, d = t.shape
+    return t.transpose(1, 2).reshape(b, n, h * d)
+
+
+def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, H, N, T) softmax(q k^T / sqrt(d)) in fp32, from (B, N, H*D) queries and (B, T, H*D) keys."""
+    qh, kh = split_heads(q, heads).float(), split_heads(k, heads).float()
+    return torch.softmax(qh @ kh.transpose(-1, -2) * qh.shape[-1] ** -0.5, dim=-1)
+
+
 def gaussian_kernel(kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
     """The reference's 2-D kernel. It uses exp(-((x - mu) / (2 sigma))^2), not the
     textbook exp(-(x - mu)^2 / (2 sigma^2)); copied so the numbers match it exactly."""

@@ -12,6 +12,8 @@ from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
 import comfy.model_patcher
 
+from ..core.maps import attention_probabilities, merge_heads, split_heads
+
 
 class ForwardDone(Exception):
     """Raised after the last recorded block: nothing later feeds the loss."""
@@ -105,11 +107,7 @@ class AttentionRecorder:
     def _patch(self, previous, is_last):
         def record(q, k, v, extra_options):
             heads = extra_options["n_heads"]
-            b, n, inner = q.shape
-            dim = inner // heads
-            qh = q.view(b, n, heads, dim).transpose(1, 2)
-            kh = k.view(b, -1, heads, dim).transpose(1, 2)
-            probs = torch.softmax(qh.float() @ kh.float().transpose(-1, -2) * dim ** -0.5, dim=-1)
+            probs = attention_probabilities(q, k, heads)
             summed = probs.sum(dim=1)
             self.total = summed if self.total is None else self.total + summed
             self.heads += heads
@@ -119,6 +117,5 @@ class AttentionRecorder:
                 raise ForwardDone
             if previous is not None:
                 return previous(q, k, v, extra_options)
-            vh = v.view(b, -1, heads, dim).transpose(1, 2)
-            return (probs.to(v.dtype) @ vh).transpose(1, 2).reshape(b, n, inner)
+            return merge_heads(probs.to(v.dtype) @ split_heads(v, heads))
         return record

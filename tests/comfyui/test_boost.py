@@ -8,16 +8,14 @@ import comfy.samplers
 import support
 from support import SUBJECTS, conditionings, tiny_model
 
-from attend_and_excite.nodes.boost import AttendExciteAttentionBoost
+from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, default_inputs
 from attend_and_excite.nodes.core.boost import excited
-from attend_and_excite.nodes.core.settings import BOOST_DEFAULTS, BoostSettings
+from attend_and_excite.nodes.core.settings import BoostSettings
 from attend_and_excite.nodes.glue.boost import AttentionBoost
 
 
 def boost(model, **changes):
-    inputs = dict(alpha=BOOST_DEFAULTS.alpha, beta=BOOST_DEFAULTS.beta, renormalise=BOOST_DEFAULTS.renormalise,
-                  start_percent=0.0, end_percent=1.0, blocks="all")
-    return AttendExciteAttentionBoost.execute(model, **{**inputs, **changes}).result[0]
+    return AttendExciteAttentionBoost.execute(model, **{**default_inputs(), **changes}).result[0]
 
 
 def hand_attention(q, k, v, heads, weights, renormalise):

@@ -120,9 +120,7 @@ def run_config(name: str, shape_name: str) -> dict:
     import comfy.model_management
     import comfy.utils
     import nodes
-    from dataclasses import asdict
-    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost
-    from attend_and_excite.nodes.core.settings import BOOST_DEFAULTS
+    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, default_inputs as boost_inputs
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
     from attend_and_excite.nodes.parameters import default_inputs
 
@@ -136,7 +134,7 @@ def run_config(name: str, shape_name: str) -> dict:
     latent = {"samples": torch.zeros(1, 4, setup["size"] // 8, setup["size"] // 8)}
     how, changes = CONFIGS[name]
     if how == "boost":
-        inputs = {**asdict(BOOST_DEFAULTS), "blocks": "all", **changes}
+        inputs = {**boost_inputs(), **changes}
         model = AttendExciteAttentionBoost.execute(model, **inputs).result[0]
 
     def sample():

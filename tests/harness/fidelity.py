@@ -33,10 +33,8 @@ def sampler_model(model, sampler: str, subjects: str):
     """The model each sampler runs: the steering probe multiplies the subject words' attention by
     PROBE_FACTOR and renormalises, the boost is the node at its defaults (the document's rule);
     both in every cross-attention layer, on the positive prompt's rows."""
-    from dataclasses import asdict
-    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost
-    from attend_and_excite.nodes.core.settings import BOOST_DEFAULTS
-    inputs = {**asdict(BOOST_DEFAULTS), "blocks": "all"}
+    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, default_inputs
+    inputs = default_inputs()
     if sampler == "probe":
         inputs.update(alpha=PROBE_FACTOR, beta=1.0, renormalise=True, token_indices=subjects)
     return AttendExciteAttentionBoost.execute(model, **inputs).result[0]
@@ -141,15 +139,14 @@ def main():
     from attend_and_excite.nodes.demo.shapes import subject_pairs
     from attend_and_excite.nodes.demo import model as demo_model
     from attend_and_excite.nodes.parameters import default_inputs
-    from attend_and_excite.nodes.core.settings import BOOST_DEFAULTS
-    from dataclasses import asdict
+    from attend_and_excite.nodes.boost import default_inputs as boost_inputs
     from PIL import Image
     model, clip, vae = demo_model.load(args.weights or demo_model.WEIGHTS)
     pairs, seeds = subject_pairs()[::args.stride], list(range(args.seeds))
     started = time.time()
     results, pictures = measure(model, clip, vae, pairs, seeds, args.images)
     results["settings"] = {"sampling": SAMPLING, "guidance": default_inputs(), "probe_factor": PROBE_FACTOR,
-                           "boost": asdict(BOOST_DEFAULTS),
+                           "boost": boost_inputs(),
                            "prompts": len(pairs), "seeds": seeds,
                            "images_per_seed": args.images, "bootstrap_resamples": BOOTSTRAP,
                            "seconds": round(time.time() - started)}

@@ -220,12 +220,11 @@ class AttentionCapture:
         self.maps = []
 
     def attend(self, q, k, v, extra_options):
+        from attend_and_excite.nodes.core.maps import attention_probabilities, merge_heads, split_heads
         heads = extra_options["n_heads"]
-        b, n, inner = q.shape
-        qh, kh, vh = (t.view(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
-        probs = torch.softmax(qh @ kh.transpose(-1, -2) * (inner // heads) ** -0.5, dim=-1)
+        probs = attention_probabilities(q, k, heads)
         self.maps.append(probs.mean(dim=1))
-        return (probs @ vh).transpose(1, 2).reshape(b, n, inner)
+        return merge_heads(probs.to(v.dtype) @ split_heads(v, heads))
 
     def take(self) -> list[torch.Tensor]:
         maps, self.maps = self.maps, []
