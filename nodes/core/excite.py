@@ -1,13 +1,29 @@
 """One guided step of Attend-and-Excite: gradient steps on the latent, with
-iterative refinement, for a whole batch at once (each row on its own)."""
+iterative refinement, for a whole batch at once (each row on its own).
+
+The decisions stay on the latent's device: a refinement iteration reads the host
+once (does any row go on?), and the step's log is read once, at its end.
+"""
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
-# evaluate(x) -> (leaf, loss, peaks): leaf is x as a tensor that requires grad,
-# loss (B,) and peaks (B, S) are computed from it with the graph kept.
-Evaluate = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+@dataclass
+class Evaluation:
+    loss: torch.Tensor                       # (B,), detached
+    peaks: torch.Tensor                      # (B, S), detached
+    gradient: Callable[[], torch.Tensor]     # d loss.sum() / d x, made when asked for
+
+    @classmethod
+    def of(cls, leaf: torch.Tensor, loss: torch.Tensor, peaks: torch.Tensor) -> "Evaluation":
+        """From a differentiable loss of `leaf`: autograd runs only if the gradient is asked for."""
+        return cls(loss.detach(), peaks.detach(), lambda: torch.autograd.grad(loss.sum(), leaf)[0])
+
+
+# evaluate(x) -> the loss and peaks at x, and their gradient with respect to x.
+Evaluate = Callable[[torch.Tensor], Evaluation]
 
 
 @dataclass
@@ -18,21 +34,27 @@ class StepLog:
     refinement_iterations: list = field(default_factory=list)   # (B,)
     skipped_updates: int = 0   # row updates left out because their gradient was not finite
 
-    def add(self, loss: torch.Tensor, peaks: torch.Tensor):
-        self.losses.append(loss.detach().float().cpu().tolist())
-        self.peaks.append(peaks.detach().float().cpu().tolist())
+    @classmethod
+    def read(cls, step: int, losses: list, peaks: list, iterations: torch.Tensor, skipped: torch.Tensor):
+        """The log from the step's device tensors, in one transfer to the host."""
+        losses, peaks = torch.stack(losses).float(), torch.stack(peaks).float()
+        evaluations, batch, subjects = peaks.shape
+        flat = torch.cat([losses.flatten(), peaks.flatten(), iterations.float(), skipped.float().view(1)]).tolist()
+        rows = [flat[i:i + subjects] for i in range(losses.numel(), losses.numel() + peaks.numel(), subjects)]
+        return cls(step, [flat[i:i + batch] for i in range(0, losses.numel(), batch)],
+                   [rows[i:i + batch] for i in range(0, len(rows), batch)],
+                   [int(i) for i in flat[-1 - batch:-1]], int(flat[-1]))
 
 
-def _descend(leaf, loss, step_size, log: StepLog, rows=None):
+def _descend(x: torch.Tensor, at: Evaluation, step_size: float, skipped: torch.Tensor, rows=None) -> torch.Tensor:
     """One gradient step on the rows that are moving (all by default). A row whose loss or
-    gradient is not finite (an fp16 overflow) keeps its latent, and the log counts it."""
-    (grad,) = torch.autograd.grad(loss.sum(), leaf)
-    moving = torch.ones(grad.shape[0], dtype=torch.bool) if rows is None else rows.clone()
-    finite = (torch.isfinite(grad).flatten(1).all(dim=1) & torch.isfinite(loss.detach())).cpu()
-    log.skipped_updates += int((moving & ~finite).sum())
-    moving &= finite
-    grad = torch.where(moving.to(grad.device).view(-1, *([1] * (grad.dim() - 1))), grad, torch.zeros_like(grad))
-    return (leaf - step_size * grad).detach()
+    gradient is not finite (an fp16 overflow) keeps its latent, and `skipped` counts it."""
+    grad = at.gradient()
+    finite = torch.isfinite(grad).flatten(1).all(dim=1) & torch.isfinite(at.loss)
+    moving = finite if rows is None else rows & finite
+    skipped += (~finite if rows is None else rows & ~finite).sum()
+    grad = torch.where(moving.view(-1, *([1] * (grad.dim() - 1))), grad, 0.0)
+    return (x - step_size * grad).detach()
 
 
 def excite(x: torch.Tensor, evaluate: Evaluate, step: int, step_size: float, alter: bool,
@@ -44,22 +66,24 @@ def excite(x: torch.Tensor, evaluate: Evaluate, step: int, step_size: float, alt
     iteration's update, is above 1 - threshold, at most max_refinement times;
     then the step's own update follows from a fresh evaluation.
     """
-    log = StepLog(step)
-    leaf, loss, peaks = evaluate(x)
-    log.add(loss, peaks)
-    iterations = torch.zeros(loss.shape[0], dtype=torch.long)
+    at = evaluate(x)
+    losses, peaks = [at.loss], [at.peaks]
+    iterations = torch.zeros(at.loss.shape, dtype=torch.long, device=at.loss.device)
+    skipped = torch.zeros((), dtype=torch.long, device=at.loss.device)
     if threshold is not None:
         target = max(0.0, 1.0 - threshold)
-        active = (loss.detach() > target).cpu()
-        while active.any():
-            on_iteration(int(iterations.max()) + 1)
-            iterations += active.long()
-            x = _descend(leaf, loss, step_size, log, active)
-            still = active & (loss.detach() > target).cpu() & (iterations < max_refinement)
-            leaf, loss, peaks = evaluate(x)
-            log.add(loss, peaks)
+        active = at.loss > target
+        iteration = 0
+        while bool(active.any()):    # the iteration's one read on the host
+            iteration += 1
+            on_iteration(iteration)
+            iterations += active
+            x = _descend(x, at, step_size, skipped, active)
+            still = active & (at.loss > target) & (iterations < max_refinement)
+            at = evaluate(x)
+            losses.append(at.loss)
+            peaks.append(at.peaks)
             active = still
-    log.refinement_iterations = iterations.tolist()
     if alter:
-        x = _descend(leaf, loss, step_size, log)
-    return x.detach(), log
+        x = _descend(x, at, step_size, skipped)
+    return x.detach(), StepLog.read(step, losses, peaks, iterations, skipped)

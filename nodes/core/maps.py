@@ -75,6 +75,12 @@ class SubjectScorer:
         self.one_piece_each = len(columns) == self.count
         self.kernel = kernel[None, None]
 
+    def to(self, device) -> "SubjectScorer":
+        """Its index and kernel tensors on `device`, once, rather than copied at every pass."""
+        for name in ("kept", "picked", "owner", "kernel"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
     def maps(self, attention: torch.Tensor) -> torch.Tensor:
         """attention: (B, h, w, T) averaged over layers and heads -> (B, S, h, w): each
         subject's smoothed map, the strongest of its pieces at every position."""

@@ -1,15 +1,19 @@
 """The guidance pass: a conditional-only forward through ComfyUI's own model call
 (as PAG and SAG do), with gradients, up to the last block whose maps the loss needs."""
 import contextlib
+import copy
+import logging
 
 import torch
 
 import comfy.ldm.modules.attention
 import comfy.samplers
 
+from ..core.excite import Evaluation
 from ..core.losses import attend_excite_loss
 from ..core.maps import SubjectScorer, gaussian_kernel, kept_columns
-from .recorder import AttentionRecorder, ForwardDone
+from .capture import CaptureFailed, CapturedPass, capture_blockers
+from .recorder import AttentionRecorder, ForwardDone, modules_through
 
 
 def autograd_view(tensor: torch.Tensor) -> torch.Tensor:
@@ -66,34 +70,77 @@ def with_backward_attention(model_options: dict) -> dict:
     return {**model_options, "transformer_options": {**transformer_options, "optimized_attention_override": override}}
 
 
+def control_modules(entry: dict) -> list[torch.nn.Module]:
+    """The networks of the ControlNets / T2I adapters chained on a conditioning entry: the
+    guidance pass runs them, and ComfyUI loads their weights as inference tensors too."""
+    found, control = [], entry.get("control")
+    while control is not None:
+        found += [m for m in (getattr(control, "control_model", None), getattr(control, "t2i_model", None))
+                  if isinstance(m, torch.nn.Module)]
+        control = getattr(control, "previous_controlnet", None)
+    return found
+
+
 def _copy_activation(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if isinstance(tensor, torch.nn.Parameter) else tensor.clone()
 
 
+def _entry_on(entry: dict, device: torch.device) -> dict:
+    """A copy of a conditioning entry whose model conds are on `device`: moved once, not
+    at every pass (and a captured pass cannot copy from the host)."""
+    moved = {}
+    for name, cond in entry["model_conds"].items():
+        value = getattr(cond, "cond", None)
+        if isinstance(value, torch.Tensor) or isinstance(value, list) and value and \
+                all(isinstance(v, torch.Tensor) for v in value):
+            cond = copy.copy(cond)
+            cond.cond = value.to(device) if isinstance(value, torch.Tensor) else [v.to(device) for v in value]
+        moved[name] = cond
+    return {**entry, "model_conds": moved}
+
+
 class GuidancePass:
-    """Scores a latent: the smoothed peak attention of every subject and the loss."""
+    """Scores a latent: the smoothed peak attention of every subject, the loss and its gradient."""
 
     def __init__(self, base_model, positive_entry: dict, subjects: list[list[int]], token_count: int,
                  end_columns: list[int], drop_from_end: bool, recorder: AttentionRecorder,
                  kernel_size: int, sigma: float, chunk_length: int = 77):
         self.base_model = base_model
-        self.conds = [[positive_entry]]
+        self.entry = positive_entry
         with torch.inference_mode(False):  # autograd saves these; inference tensors it cannot
             kept = kept_columns(token_count, chunk_length, end_columns, drop_from_end)
             self.score = SubjectScorer(subjects, kept, gaussian_kernel(kernel_size, sigma))
         self.recorder = recorder
+        # Only what the truncated forward runs needs weights that autograd can save.
+        self.modules = modules_through(base_model.diffusion_model, recorder.blocks[-1]) + control_modules(positive_entry)
+        self.conds = None
         self.model_options = None
+        self.captured = None      # CapturedPass, where this call's pass can be a CUDA graph
         self.last_maps = None     # (B, S, h, w) of the latest evaluation
         # ComfyUI adds a ControlNet's output to the UNet's skip connections in place, after
         # autograd saved them: with a control, saved activations are kept as copies.
         self.saved = (torch.autograd.graph.saved_tensors_hooks(_copy_activation, lambda t: t)
                       if "control" in positive_entry else contextlib.nullcontext())
 
-    def evaluate(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
-        """Under enable_grad: returns (leaf, loss (B,), peaks (B, S))."""
+    def evaluate(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> Evaluation:
+        """Under enable_grad, outside inference mode."""
         if self.model_options is None:
-            self.model_options = with_backward_attention(self.recorder.install(model_options))
+            self._prepare(x, model_options)
+        if self.captured is not None:
+            try:
+                evaluation, self.last_maps = self.captured(x, sigma)
+                return evaluation
+            except CaptureFailed as error:
+                logging.warning("Attend-and-Excite: the guidance pass could not be captured as a CUDA graph (%s); "
+                                "it runs eagerly", error)
+                self.captured = None
         leaf = x.detach().clone().requires_grad_(True)
+        loss, peaks, maps = self.forward(leaf, sigma)
+        self.last_maps = maps.detach()
+        return Evaluation.of(leaf, loss, peaks)
+
+    def forward(self, leaf: torch.Tensor, sigma: torch.Tensor):
+        """(loss (B,), peaks (B, S), maps (B, S, h, w)), differentiable in leaf."""
         self.recorder.reset()
         try:
             with self.saved:
@@ -101,6 +148,20 @@ class GuidancePass:
         except ForwardDone:
             pass
         maps = self.score.maps(self.recorder.take_average())
-        self.last_maps = maps.detach()
         peaks = maps.amax(dim=(-1, -2))
-        return leaf, attend_excite_loss(peaks), peaks
+        return attend_excite_loss(peaks), peaks, maps
+
+    def _prepare(self, x: torch.Tensor, model_options: dict):
+        blockers = capture_blockers(x, self.base_model, self.modules, self.entry, model_options)
+        self.conds = [[_entry_on(self.entry, x.device)]]
+        self.score.to(x.device)
+        self.model_options = with_backward_attention(self.recorder.install(model_options))
+        if blockers:
+            log = logging.debug if x.device.type != "cuda" else logging.info
+            log("Attend-and-Excite: the guidance pass runs eagerly: %s", "; ".join(blockers))
+        else:
+            self.captured = CapturedPass(self.forward)
+
+    def close(self):
+        """Frees the captured graph and its memory."""
+        self.captured = None

@@ -20,7 +20,7 @@ from ..core.schedule import Schedule, build_schedule
 from ..core.settings import Settings
 from .family import detect_family
 from .guidance import GuidancePass, autograd_weights
-from .recorder import AttentionRecorder, blocks_at_level, modules_through
+from .recorder import AttentionRecorder, blocks_at_level
 from .text import SUBJECTS_KEY
 
 # Evaluations that some samplers make at a later step's own sigma before that step
@@ -38,17 +38,6 @@ OWN_GRID = {"dpm_fast", "dpm_adaptive"}
 RESCALED_STATE = {"uni_pc", "uni_pc_bh2"}
 # Samplers whose progress callback reports their initial latent, not the current state.
 STALE_CALLBACK_STATE = {"ipndm", "ipndm_v", "deis"}
-
-
-def control_modules(entry: dict) -> list[torch.nn.Module]:
-    """The networks of the ControlNets / T2I adapters chained on a conditioning entry: the
-    guidance pass runs them, and ComfyUI loads their weights as inference tensors too."""
-    found, control = [], entry.get("control")
-    while control is not None:
-        found += [m for m in (getattr(control, "control_model", None), getattr(control, "t2i_model", None))
-                  if isinstance(m, torch.nn.Module)]
-        control = getattr(control, "previous_controlnet", None)
-    return found
 
 
 def _subjects_of(positive: list[dict], settings: Settings):
@@ -95,8 +84,6 @@ class GuidedRun:
         self.record = record
         self.weights = contextlib.ExitStack()
         self.weights_swapped = False
-        # Only what the truncated guidance forward runs needs weights that autograd can save.
-        self.guided_modules = modules_through(base_model.diffusion_model, recorder.blocks[-1]) + control_modules(entry)
 
     def before_model_call(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
         if self.pending:
@@ -130,7 +117,7 @@ class GuidedRun:
         while self.sampler_name in OWN_GRID and self.pending and self.sigmas[self.pending[0]] >= sigma_value:
             self.pending.pop(0)
         if not self.weights_swapped:
-            self.weights.enter_context(autograd_weights(self.guided_modules))
+            self.weights.enter_context(autograd_weights(self.guidance.modules))
             self.weights_swapped = True
         s = self.schedule
 
@@ -166,6 +153,7 @@ class GuidedRun:
         self.moved[step] = x.data_ptr()
 
     def close(self):
+        self.guidance.close()
         self.weights.close()
 
 

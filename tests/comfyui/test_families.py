@@ -112,8 +112,8 @@ def test_guidance_pass_reads_the_intended_blocks_and_has_a_gradient(family):
     x = torch.randn(1, 4, 24, 32) * 14.6      # a non-square latent: h and w must not swap
     with autograd_weights(modules_through(base.diffusion_model, recorder.blocks[-1])), \
             torch.inference_mode(False), torch.enable_grad():
-        leaf, loss, peaks = guidance.evaluate(x, torch.tensor([14.6]), family.model.model_options)
-        (grad,) = torch.autograd.grad(loss.sum(), leaf)
+        at = guidance.evaluate(x, torch.tensor([14.6]), family.model.model_options)
+        loss, peaks, grad = at.loss, at.peaks, at.gradient()
     assert [(block, index) for block, index, _ in recorder.recorded] == expected_blocks(family.name)
     assert {shape for _, _, shape in recorder.recorded} == {(6, 8)}     # latent/4
     assert guidance.last_maps.shape == (1, 2, 6, 8)

@@ -96,8 +96,8 @@ def test_guidance_pass_records_the_level_maps_and_has_a_gradient():
     options = {**model.model_options, "transformer_options": {"optimized_attention_override": lambda f, *a, **kw: (
         seen.append(f.__name__), f(*a, **kw))[1]}}
     with torch.enable_grad():
-        leaf, loss, peaks = guidance.evaluate(x, torch.tensor([14.6]), options)
-        (grad,) = torch.autograd.grad(loss.sum(), leaf)
+        at = guidance.evaluate(x, torch.tensor([14.6]), options)
+        loss, peaks, grad = at.loss, at.peaks, at.gradient()
     user_override = options["transformer_options"]["optimized_attention_override"]
     assert guidance.model_options["transformer_options"]["optimized_attention_override"] is not user_override
     assert seen                                  # ours wraps the user's override, which still applies
@@ -117,9 +117,8 @@ def test_the_loss_is_fp32_on_an_fp16_model():
     model.model.current_patcher = model
     assert next(model.model.diffusion_model.parameters()).dtype == torch.float16
     with torch.enable_grad():
-        leaf, loss, peaks = guidance.evaluate(torch.randn(1, 4, 16, 16) * 14.6, torch.tensor([14.6]),
-                                              model.model_options)
-        (grad,) = torch.autograd.grad(loss.sum(), leaf)
+        at = guidance.evaluate(torch.randn(1, 4, 16, 16) * 14.6, torch.tensor([14.6]), model.model_options)
+        loss, peaks, grad = at.loss, at.peaks, at.gradient()
     assert loss.dtype == peaks.dtype == guidance.last_maps.dtype == torch.float32
     assert torch.isfinite(grad).all()
 

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from support import REPO
 
@@ -183,7 +184,7 @@ def test_refinement_loop_matches_the_reference_row_by_row():
     def evaluate(x):
         leaf = x.clone().requires_grad_(True)
         loss = torch.stack([toy_score(r) for r in leaf])
-        return leaf, loss, (1 - loss)[:, None]
+        return excite_mod.Evaluation.of(leaf, loss, (1 - loss)[:, None])
 
     with torch.enable_grad():
         moved, log = excite_mod.excite(rows, evaluate, step=0, step_size=2.0, alter=True, threshold=0.6,
@@ -202,7 +203,7 @@ def test_a_row_with_a_non_finite_gradient_keeps_its_latent_and_is_counted():
     def evaluate(z):
         leaf = z.clone().requires_grad_(True)
         loss = 0.5 - 0.1 * (leaf * overflow[:, None]).sum(-1).clamp(max=2.0) + 0.3 * leaf[:, 0]
-        return leaf, loss, (1 - loss)[:, None]
+        return excite_mod.Evaluation.of(leaf, loss, (1 - loss)[:, None])
 
     with torch.enable_grad():
         moved, log = excite_mod.excite(x, evaluate, 0, 1.0, alter=True, threshold=0.9, max_refinement=2)
@@ -218,13 +219,42 @@ def test_no_refinement_and_no_alter_leaves_the_latent():
     def evaluate(z):
         leaf = z.clone().requires_grad_(True)
         loss = (leaf ** 2).sum(-1)
-        return leaf, loss, loss[:, None]
+        return excite_mod.Evaluation.of(leaf, loss, loss[:, None])
 
     with torch.enable_grad():
         same, log = excite_mod.excite(x, evaluate, 0, 1.0, alter=False, threshold=None, max_refinement=20)
         moved, _ = excite_mod.excite(x, evaluate, 0, 0.25, alter=True, threshold=None, max_refinement=20)
     assert torch.equal(same, x) and len(log.losses) == 1
     assert torch.allclose(moved, x - 0.25 * 2 * x)
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the tensor operations that make the host wait for the tensor's device."""
+    READS = {"__bool__", "__int__", "__float__", "item", "tolist", "cpu", "numpy"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("max_refinement", [0, 1, 5])
+def test_a_step_reads_the_host_once_per_refinement_iteration_and_once_for_its_log(max_refinement):
+    rows = torch.tensor([[0.1, 0.2], [1.4, 1.4], [-2.0, 0.0]])
+
+    def evaluate(x):
+        leaf = x.clone().requires_grad_(True)
+        loss = 1.0 - torch.sigmoid(leaf.sum(-1) - 3.0)
+        return excite_mod.Evaluation.of(leaf, loss, (1 - loss)[:, None])
+
+    with torch.enable_grad(), HostReads() as reads:
+        _, log = excite_mod.excite(rows, evaluate, 0, 2.0, alter=True, threshold=0.6, max_refinement=max_refinement)
+    loops = max(log.refinement_iterations)
+    assert loops == max(1, min(max_refinement, 5))     # as the reference, a cap of 0 still runs one
+    assert reads.count == (loops + 1) + 1     # each loop test, the last one included, and the log
 
 
 @pytest.mark.parametrize("size, kernel_size", [(1, 3), (2, 5), (4, 15)])

@@ -16,10 +16,9 @@ def record_of(maps_per_step, thresholds=None, labels=("cat", "frog")):
     record = AttentionRecord()
     record.start("SD1.x", list(labels), thresholds or {}, 10)
     for step, maps in maps_per_step:
-        log = StepLog(step)
         peaks = maps.amax(dim=(-1, -2))
-        log.add(1 - peaks.amin(dim=-1), peaks * 0.5)
-        log.add(1 - peaks.amin(dim=-1), peaks)
+        loss = 1 - peaks.amin(dim=-1)
+        log = StepLog.read(step, [loss, loss], [peaks * 0.5, peaks], torch.zeros(len(loss)), torch.tensor(0))
         record.add(log, maps)
     return record
 
