@@ -16,11 +16,12 @@ class AttentionRecord:
     steps: int = 0                                   # steps sampled
     logs: list = field(default_factory=list)         # StepLog of each guided step
     maps: list = field(default_factory=list)         # (B, S, h, w) of each guided step, CPU fp32
+    guidance_pass: str = ""                          # "CUDA graph", or "eager: " and why
 
     def start(self, model: str, labels: list[str], thresholds: dict[int, float], steps: int):
         """Clears what an earlier run left (a SAMPLER's record is reused by every run)."""
         self.model, self.labels, self.thresholds, self.steps = model, list(labels), dict(thresholds), steps
-        self.logs, self.maps = [], []
+        self.logs, self.maps, self.guidance_pass = [], [], ""
 
     def add(self, log: StepLog, maps: torch.Tensor):
         """maps: the subject maps of the step's last evaluation, the one its update used."""
@@ -49,4 +50,4 @@ class AttentionRecord:
 
     def to_json(self) -> str:
         return json.dumps({"model": self.model, "subjects": self.labels, "thresholds": {str(k): v for k, v in self.thresholds.items()},
-                           "steps": [vars(log) for log in self.logs]})
+                           "guidance_pass": self.guidance_pass, "steps": [vars(log) for log in self.logs]})

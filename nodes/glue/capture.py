@@ -48,9 +48,9 @@ def capture_blockers(x: torch.Tensor, base_model, modules: list[torch.nn.Module]
     if "model_function_wrapper" in model_options:
         reasons.append("a model function wrapper is set (another node patches the model call)")
     transformer_options = model_options.get("transformer_options", {})
-    for key in ("patches", "patches_replace"):
+    for key, what in (("patches", "attention or block patches"), ("patches_replace", "attention replacements")):
         if _has_entries(transformer_options.get(key)):
-            reasons.append(f"the model carries {key.replace('_', ' ')} ({', '.join(transformer_options[key])})")
+            reasons.append(f"the model carries {what} ({', '.join(transformer_options[key])})")
     wrappers = [kind for kind in WRAPPERS_IN_PASS if _has_entries(transformer_options.get("wrappers", {}).get(kind))]
     if wrappers:
         reasons.append(f"the model carries {', '.join(wrappers)} wrappers")

@@ -116,6 +116,7 @@ class GuidancePass:
         self.conds = None
         self.model_options = None
         self.captured = None      # CapturedPass, where this call's pass can be a CUDA graph
+        self.mode = ""            # "CUDA graph", or "eager: " and why
         self.last_maps = None     # (B, S, h, w) of the latest evaluation
         # ComfyUI adds a ControlNet's output to the UNet's skip connections in place, after
         # autograd saved them: with a control, saved activations are kept as copies.
@@ -133,7 +134,7 @@ class GuidancePass:
             except CaptureFailed as error:
                 logging.warning("Attend-and-Excite: the guidance pass could not be captured as a CUDA graph (%s); "
                                 "it runs eagerly", error)
-                self.captured = None
+                self.captured, self.mode = None, f"eager: the capture failed ({error})"
         leaf = x.detach().clone().requires_grad_(True)
         loss, peaks, maps = self.forward(leaf, sigma)
         self.last_maps = maps.detach()
@@ -157,10 +158,11 @@ class GuidancePass:
         self.score.to(x.device)
         self.model_options = with_backward_attention(self.recorder.install(model_options))
         if blockers:
-            log = logging.debug if x.device.type != "cuda" else logging.info
-            log("Attend-and-Excite: the guidance pass runs eagerly: %s", "; ".join(blockers))
+            self.mode = "eager: " + "; ".join(blockers)
+            (logging.debug if x.device.type != "cuda" else logging.info)("Attend-and-Excite: the guidance pass runs %s",
+                                                                         self.mode)
         else:
-            self.captured = CapturedPass(self.forward)
+            self.captured, self.mode = CapturedPass(self.forward), "CUDA graph"
 
     def close(self):
         """Frees the captured graph and its memory."""

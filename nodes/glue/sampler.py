@@ -142,6 +142,7 @@ class GuidedRun:
                 f"Attend-and-Excite ran out of memory in its guidance pass (latent {tuple(x.shape)}, step {step + 1}): "
                 f"lower the image size or the batch size, or max_refinement; the model was left as it was")
         self.record.add(log, self.guidance.last_maps)
+        self.record.guidance_pass = self.guidance.mode
         if log.skipped_updates:
             logging.warning("Attend-and-Excite step %d: %d latent updates skipped because the loss or its gradient "
                             "was not finite (an fp16 overflow?); those latents were left as they were", step + 1,

@@ -104,6 +104,7 @@ def test_ksampler_node_zero_scale_equals_stock_and_logs(cat_and_frog):
     assert log["subjects"] == ["cat", "frog"]
     assert [s["step"] for s in log["steps"]] == [0, 1, 2, 3, 4]          # 25 of 50 rescaled to 10 steps
     assert [s["refinement_iterations"] for s in log["steps"]] == [[2], [0], [0], [0], [2]]
+    assert log["guidance_pass"] == "eager: the model runs on cpu, not on a CUDA GPU"   # and says why
 
 
 def test_denoise_zero_returns_the_latent_and_says_nothing_was_guided(cat_and_frog):

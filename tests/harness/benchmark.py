@@ -33,7 +33,18 @@ CONFIGS = {  # name -> (sampler, changes): to the paper's settings for "guided",
     "attention boost (KSampler)": ("boost", {}),
     "attention boost, renormalised (KSampler)": ("boost", {"renormalise": True}),
 }
+# On a GPU only: the guidance pass run eagerly (the CUDA graph's "before"), and a batch of 4.
+GPU_CONFIGS = {
+    "A&E, no refinement, eager pass": ("guided", {"thresholds": ""}),
+    "A&E, forced 3 x 20 refinement, eager pass": ("guided", {"thresholds": "0:1.0, 10:1.0, 20:1.0"}),
+    "plain KSampler, batch 4": ("plain", {}),
+    "A&E, no refinement, batch 4": ("guided", {"thresholds": ""}),
+}
+SHAPE_CONFIGS = {"sd15": list(CONFIGS) + list(GPU_CONFIGS),
+                 "sdxl": ["plain KSampler", "A&E, no refinement", "A&E, default thresholds"]}
 SEED, CFG, SAMPLER = 1, 7.5, "euler"
+LOG_OUTPUT = 4      # the Attend-and-Excite KSampler's outputs: latent, heatmaps, peak plot, attention, log
+PROFILED_STEPS = 20     # the pass profile: this many steps, every one guided, no refinement
 TIMED_CALLS = 2     # the faster one counts: these machines are noisy
 
 
@@ -112,15 +123,16 @@ def profiled(timer: PartTimer):
             setattr(owner, name, value)
 
 
-def run_config(name: str, shape_name: str) -> dict:
+def run_configs(names: list[str], shape_name: str) -> dict:
+    """{name: result} of configurations on one model, built once (its weights take long to draw)."""
     import torch
     import support
     support.import_comfy(cpu=not torch.cuda.is_available())
     support.import_package()
-    import comfy.model_management
     import comfy.utils
     import nodes
     from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, default_inputs as boost_inputs
+    from attend_and_excite.nodes.glue.capture import EAGER_VARIABLE
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
     from attend_and_excite.nodes.parameters import default_inputs
 
@@ -128,25 +140,96 @@ def run_config(name: str, shape_name: str) -> dict:
     cuda = torch.cuda.is_available()
     setup = shape(shape_name, cuda)
     with torch.inference_mode():      # as ComfyUI's loader: the weights are inference tensors
-        model = support.tiny_model(seed=0, config=setup["unet"], family=setup["family"])
+        base = support.tiny_model(seed=0, config=setup["unet"], family=setup["family"])
     pooled = {} if setup["pooled"] is None else {"pooled_output": torch.randn(1, setup["pooled"])}
     positive, negative = support.conditionings(setup["unet"]["context_dim"], **pooled)
-    latent = {"samples": torch.zeros(1, 4, setup["size"] // 8, setup["size"] // 8)}
-    how, changes = CONFIGS[name]
-    if how == "boost":
-        inputs = {**boost_inputs(), **changes}
-        model = AttendExciteAttentionBoost.execute(model, **inputs).result[0]
+    results = {}
+    for name in names:
+        how, changes = {**CONFIGS, **GPU_CONFIGS}[name]
+        batch = 4 if name.endswith("batch 4") else 1
+        latent = {"samples": torch.zeros(batch, 4, setup["size"] // 8, setup["size"] // 8)}
+        model = AttendExciteAttentionBoost.execute(base, **{**boost_inputs(), **changes}).result[0] \
+            if how == "boost" else base
+        if name.endswith("eager pass"):
+            os.environ[EAGER_VARIABLE] = "1"
 
-    def sample():
+        last = []
+
+        def sample():
+            with torch.inference_mode():
+                if how != "guided":
+                    return nodes.common_ksampler(model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive,
+                                                 negative, latent)[0]
+                last[:] = AttendExciteKSampler.execute(model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive,
+                                                       negative, latent, 1.0, **{**default_inputs(), **changes}).result
+        try:
+            results[name] = measure(sample, batch, cuda, profile=how == "guided" and not cuda)
+            if name == "A&E, no refinement" and cuda:
+                results[name]["pass_costs"] = pass_costs(model, setup, positive, negative, latent)
+        finally:
+            os.environ.pop(EAGER_VARIABLE, None)
+        results[name]["guidance_pass"] = json.loads(last[LOG_OUTPUT])["guidance_pass"] if last else None
+        results[name]["shape"] = {"model": shape_name, "size": setup["size"], "steps": setup["steps"], "batch": batch,
+                                  "channels": setup["unet"]["model_channels"],
+                                  "dtype": str(setup["dtype"]).replace("torch.", ""), "sampler": SAMPLER, "cfg": CFG}
+    return results
+
+
+def pass_costs(model, setup, positive, negative, latent) -> dict:
+    """Wall and GPU kernel time of one guidance pass, eager and as a CUDA graph: PROFILED_STEPS
+    steps with every step guided, minus plain sampling, per step (the capture's one-time
+    cost is in the graph's figures)."""
+    import torch
+    import nodes
+    from torch.profiler import ProfilerActivity, profile
+    from attend_and_excite.nodes.glue.capture import EAGER_VARIABLE
+    from attend_and_excite.nodes.ksampler import AttendExciteKSampler
+    from attend_and_excite.nodes.parameters import default_inputs
+    every_step = {**default_inputs(), "thresholds": "", "steps_to_alter": PROFILED_STEPS,
+                  "schedule_steps": PROFILED_STEPS}
+
+    def plain():
+        nodes.common_ksampler(model, SEED, PROFILED_STEPS, CFG, SAMPLER, "normal", positive, negative, latent)
+
+    def guided():
+        AttendExciteKSampler.execute(model, SEED, PROFILED_STEPS, CFG, SAMPLER, "normal", positive, negative, latent,
+                                     1.0, **every_step)
+
+    def costs(run):
         with torch.inference_mode():
-            if how != "guided":
-                return nodes.common_ksampler(model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive,
-                                             negative, latent)[0]
-            return AttendExciteKSampler.execute(model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive,
-                                                negative, latent, 1.0, **{**default_inputs(), **changes}).result[0]
+            run()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            run()
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+            with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+                run()
+                torch.cuda.synchronize()
+        kernels = sum(e.self_device_time_total for e in profiler.key_averages()) / 1e6
+        return wall, kernels
 
-    sample()                                   # warm-up: loads the model, builds kernels
+    plain_wall, plain_kernels = costs(plain)
+    found = {}
+    for mode in ("eager", "CUDA graph"):
+        if mode == "eager":
+            os.environ[EAGER_VARIABLE] = "1"
+        try:
+            wall, kernels = costs(guided)
+        finally:
+            os.environ.pop(EAGER_VARIABLE, None)
+        found[mode] = {"wall_ms": (wall - plain_wall) / PROFILED_STEPS * 1e3,
+                       "kernel_ms": (kernels - plain_kernels) / PROFILED_STEPS * 1e3}
+    return found
+
+
+def measure(sample, batch: int, cuda: bool, profile: bool) -> dict:
+    """One warm-up call (loads the model, builds kernels), TIMED_CALLS timed calls (the faster
+    counts), and on the CPU one call with per-part timers."""
+    import torch
+    sample()
     if cuda:
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     seconds = []
     for _ in range(TIMED_CALLS):
@@ -156,36 +239,39 @@ def run_config(name: str, shape_name: str) -> dict:
         seconds.append(timer.seconds["total"])
     peak = torch.cuda.max_memory_allocated() if cuda else None
     parts = PartTimer(cuda)
-    if how == "guided":
+    if profile:
         with profiled(parts), parts.part("total"):
             sample()
-    return {"seconds": min(seconds), "peak_gib": peak / 2 ** 30 if cuda else None,
+    return {"seconds": min(seconds) / batch, "peak_gib": peak / 2 ** 30 if cuda else None,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,   # ru_maxrss: KiB
-            "parts": parts.seconds,
-            "device": torch.cuda.get_device_name() if cuda else "cpu",
-            "shape": {"model": shape_name, "size": setup["size"], "steps": setup["steps"], "channels": setup["unet"]["model_channels"],
-                      "dtype": str(setup["dtype"]).replace("torch.", ""), "sampler": SAMPLER, "cfg": CFG}}
+            "parts": parts.seconds, "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 
-def run_in_process(name: str, shape_name: str) -> dict:
-    """One configuration in a fresh process: its own peak memory (GPU allocator, or RSS)."""
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--config", name, "--shape", shape_name],
+def run_in_process(names: list[str], shape_name: str) -> dict:
+    """Configurations in a fresh process: on the CPU one each (its own peak RSS); on a GPU all of a
+    shape in one (the peak of each is reset; the random weights take long to draw)."""
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--shape", shape_name,
+                           *[arg for name in names for arg in ("--config", name)]],
                           capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"{names} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def table(results: dict) -> str:
-    plain = results["plain KSampler"]["seconds"]
     first = next(iter(results.values()))
     lines = [f"device: {first['device']}; shape: {json.dumps(first['shape'])}", "",
-             "| configuration | s / image | x plain | peak GiB (GPU allocated) | peak RSS GiB |", "|---|---|---|---|---|"]
+             "| configuration | s / image | x plain (same batch) | peak GiB (GPU allocated) | peak RSS GiB | "
+             "guidance pass |", "|---|---|---|---|---|---|"]
     for name, row in results.items():
+        plain = results["plain KSampler" + (", batch 4" if row["shape"]["batch"] == 4 else "")]["seconds"]
         gpu = f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "-"
-        rss = f"{row['peak_rss_gib']:.2f}"
-        lines.append(f"| {name} | {row['seconds']:.2f} | {row['seconds'] / plain:.2f} | {gpu} | {rss} |")
+        lines.append(f"| {name} | {row['seconds']:.2f} | {row['seconds'] / plain:.2f} | {gpu} | "
+                     f"{row['peak_rss_gib']:.2f} | {row['guidance_pass'] or '-'} |")
     for name, row in results.items():
+        for mode, cost in row.get("pass_costs", {}).items():
+            lines.append(f"\nOne guidance pass ({mode}; {PROFILED_STEPS} steps all guided, minus plain sampling, per "
+                         f"step): wall {cost['wall_ms']:.1f} ms, GPU kernels {cost['kernel_ms']:.1f} ms.")
         if row["parts"]:
             total = row["parts"]["total"]
             parts = ", ".join(f"{part} {seconds:.2f} s ({seconds / total:.0%})"
@@ -196,7 +282,8 @@ def table(results: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--config", action="append", choices=list(CONFIGS) + list(GPU_CONFIGS),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=["sd15", "sdxl"], help="one shape only (default: sd15, and sdxl on a GPU)")
     parser.add_argument("--out", default=os.path.join(REPO, "out", "benchmark"))
     parser.add_argument("--reference", default=os.environ.get("AE_REFERENCE_SCRIPT"),
@@ -204,12 +291,16 @@ def main():
                              "only, in the same call (default: $AE_REFERENCE_SCRIPT; none: the package alone)")
     args = parser.parse_args()
     if args.config:
-        print(json.dumps(run_config(args.config, args.shape or "sd15")))
+        print(json.dumps(run_configs(args.config, args.shape or "sd15")))
         return
     import torch
     cuda = torch.cuda.is_available()
     shapes = [args.shape] if args.shape else ["sd15", "sdxl"] if cuda else ["sd15"]
-    results = {shape_name: {name: run_in_process(name, shape_name) for name in CONFIGS} for shape_name in shapes}
+    results = {}
+    for shape_name in shapes:
+        names = SHAPE_CONFIGS[shape_name] if cuda else [n for n in SHAPE_CONFIGS[shape_name] if n in CONFIGS]
+        results[shape_name] = run_in_process(names, shape_name) if cuda else \
+            {name: run_in_process([name], shape_name)[name] for name in names}
     reference = None
     if not (cuda and args.reference):
         print("No reference measured: it runs on a GPU, given with --reference or AE_REFERENCE_SCRIPT.")

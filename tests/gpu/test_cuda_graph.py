@@ -1,0 +1,112 @@
+"""The guidance pass captured as a CUDA graph gives what the eager pass gives, falls back
+where it must, and leaves nothing behind. Needs a CUDA GPU; elsewhere these tests skip."""
+import gc
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import pytest
+import torch
+
+import comfy.ldm.modules.attention as attention
+import support
+from attend_and_excite.nodes.core.record import AttentionRecord
+from attend_and_excite.nodes.glue.capture import EAGER_VARIABLE
+from attend_and_excite.nodes.glue.sampler import attend_excite_sampler
+
+pytestmark = pytest.mark.skipif(comfy.model_management.get_torch_device().type != "cuda",
+                                reason="needs a CUDA GPU (the device check runs it)")
+SIZE = 32     # latent 32 x 32: maps of 8 x 8 at latent/4
+
+
+def model_of(dtype):
+    with torch.inference_mode():
+        return support.tiny_model(seed=5, config=dict(support.SD15_TOPOLOGY, dtype=dtype))
+
+
+def sample(model, settings, batch=2, eager=False, monkeypatch=None, callback=None):
+    """(samples, record) of euler with Attend-and-Excite, 6 steps, seed 7."""
+    if eager:
+        monkeypatch.setenv(EAGER_VARIABLE, "1")
+    record = AttentionRecord()
+    positive, negative = support.conditionings()
+    latent = torch.zeros(batch, 4, SIZE, SIZE)
+    try:
+        with torch.inference_mode():
+            sigmas = comfy.samplers.KSampler(model, steps=6, device="cpu", sampler="euler", scheduler="normal").sigmas
+            out = comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, 7), 5.0,
+                                             attend_excite_sampler("euler", settings, record), sigmas, positive,
+                                             negative, latent, seed=7, callback=callback, disable_pbar=True)
+    finally:
+        if eager:
+            monkeypatch.delenv(EAGER_VARIABLE)
+    return out, record
+
+
+def relative_error(a, b) -> float:
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return float((a - b).norm() / b.norm())
+
+
+def split_thresholds(model, monkeypatch):
+    """Settings whose step-0 threshold lies between the two rows' losses: one row refines, the other not."""
+    _, probe = sample(model, support.forced(max_refinement=3), eager=True, monkeypatch=monkeypatch)
+    low, high = sorted(probe.logs[0].losses[0])
+    assert high - low > 1e-4, "the rows' losses are too close to split"
+    return support.forced(thresholds={0: 1.0 - (low + high) / 2, 2: 1.0}, max_refinement=3)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float16, 1e-3)])
+def test_the_captured_pass_equals_the_eager_pass(dtype, tolerance, monkeypatch):
+    model = model_of(dtype)
+    settings = split_thresholds(model, monkeypatch)
+    captured, record = sample(model, settings)
+    eager, eager_record = sample(model, settings, eager=True, monkeypatch=monkeypatch)
+    assert record.guidance_pass == "CUDA graph"
+    assert eager_record.guidance_pass == f"eager: {EAGER_VARIABLE} is set"
+    iterations = [log.refinement_iterations for log in record.logs]
+    assert iterations == [log.refinement_iterations for log in eager_record.logs]
+    assert iterations[0][0] != iterations[0][1]          # the rows refined a different number of times
+    errors = {"latent": relative_error(captured, eager),
+              "losses": relative_error([log.losses for log in record.logs], [log.losses for log in eager_record.logs]),
+              "peaks": relative_error([log.peaks for log in record.logs], [log.peaks for log in eager_record.logs])}
+    print(f"{dtype}: captured against eager, relative errors {errors}, refinement iterations {iterations}")
+    assert max(errors.values()) <= tolerance
+    assert not torch.equal(captured, sample(model, support.forced(scale_factor=0.0))[0])   # guidance acted
+
+
+def test_a_patch_in_the_pass_forces_the_eager_pass_with_the_same_result(monkeypatch):
+    model = model_of(torch.float32).clone()
+    model.set_model_attn2_replace(lambda q, k, v, extra: attention.optimized_attention(q, k * 1.5, v, extra["n_heads"]),
+                                  "input", 1)
+    settings = support.forced(max_refinement=2)
+    out, record = sample(model, settings)
+    eager, _ = sample(model, settings, eager=True, monkeypatch=monkeypatch)
+    assert record.guidance_pass == "eager: the model carries attention replacements (attn2)"
+    assert torch.equal(out, eager)
+
+
+def test_an_interrupt_between_replays_leaves_nothing_behind():
+    model = model_of(torch.float32)
+    settings = support.forced(thresholds={0: 1.0, 3: 1.0}, steps_to_alter=3, max_refinement=3)
+    clean, _ = sample(model, settings)
+    allocated = settled_memory()
+
+    def interrupt_after_step_1(step, *_):
+        if step == 1:
+            comfy.model_management.interrupt_current_processing(True)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        sample(model, settings, callback=interrupt_after_step_1)     # step 3's refinement sees it
+    comfy.model_management.interrupt_current_processing(False)
+    assert all(p.is_inference() for p in model.model.diffusion_model.parameters())   # the weights put back
+    assert not model.model_options["transformer_options"]
+    assert settled_memory() == allocated      # the graph and its memory pool were freed
+    again, _ = sample(model, settings)
+    assert torch.equal(again, clean)
+    assert settled_memory() == allocated
+
+
+def settled_memory() -> int:
+    gc.collect()
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated()
