@@ -59,6 +59,18 @@ def capture_blockers(x: torch.Tensor, base_model, modules: list[torch.nn.Module]
     return list(dict.fromkeys(reasons))
 
 
+_STREAMS = {}
+
+
+def _capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per GPU for every capture: each new stream would get cuBLAS its own
+    workspace, kept for the process's life."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _STREAMS:
+        _STREAMS[index] = torch.cuda.Stream(index)
+    return _STREAMS[index]
+
+
 class CaptureFailed(RuntimeError):
     """CUDA refused to capture the pass: the caller runs it eagerly instead."""
 
@@ -79,7 +91,7 @@ class CapturedPass:
         """The evaluation at x and the subject maps, valid until the next call."""
         if self.static is None:
             self.static = (torch.empty_like(x).requires_grad_(True), torch.empty_like(sigma))
-            self.stream = torch.cuda.Stream(x.device)
+            self.stream = _capture_stream(x.device)
         leaf, static_sigma = self.static
         with torch.no_grad():
             leaf.copy_(x)

@@ -43,9 +43,25 @@ def sample(model, settings, batch=2, eager=False, monkeypatch=None, callback=Non
     return out, record
 
 
+def flat(values) -> torch.Tensor:
+    """A latent, or a log's nested lists of uneven length, as one float64 vector."""
+    if torch.is_tensor(values):
+        return values.double().flatten()
+    if isinstance(values, list):
+        return torch.cat([flat(v) for v in values]) if values else torch.zeros(0, dtype=torch.float64)
+    return torch.tensor([float(values)], dtype=torch.float64)
+
+
 def relative_error(a, b) -> float:
-    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    a, b = flat(a), flat(b)
+    assert a.shape == b.shape
     return float((a - b).norm() / b.norm())
+
+
+def errors_of(ours, record, theirs, their_record) -> dict:
+    return {"latent": relative_error(ours, theirs),
+            "losses": relative_error([log.losses for log in record.logs], [log.losses for log in their_record.logs]),
+            "peaks": relative_error([log.peaks for log in record.logs], [log.peaks for log in their_record.logs])}
 
 
 def split_thresholds(model, monkeypatch):
@@ -67,10 +83,11 @@ def test_the_captured_pass_equals_the_eager_pass(dtype, tolerance, monkeypatch):
     iterations = [log.refinement_iterations for log in record.logs]
     assert iterations == [log.refinement_iterations for log in eager_record.logs]
     assert iterations[0][0] != iterations[0][1]          # the rows refined a different number of times
-    errors = {"latent": relative_error(captured, eager),
-              "losses": relative_error([log.losses for log in record.logs], [log.losses for log in eager_record.logs]),
-              "peaks": relative_error([log.peaks for log in record.logs], [log.peaks for log in eager_record.logs])}
-    print(f"{dtype}: captured against eager, relative errors {errors}, refinement iterations {iterations}")
+    errors = errors_of(captured, record, eager, eager_record)
+    again, again_record = sample(model, settings, eager=True, monkeypatch=monkeypatch)
+    floor = errors_of(again, again_record, eager, eager_record)     # GPU kernels are not bit-reproducible
+    print(f"{dtype}: captured against eager, relative errors {errors}; eager against eager {floor}; "
+          f"refinement iterations {iterations}")
     assert max(errors.values()) <= tolerance
     assert not torch.equal(captured, sample(model, support.forced(scale_factor=0.0))[0])   # guidance acted
 
@@ -81,9 +98,11 @@ def test_a_patch_in_the_pass_forces_the_eager_pass_with_the_same_result(monkeypa
                                   "input", 1)
     settings = support.forced(max_refinement=2)
     out, record = sample(model, settings)
-    eager, _ = sample(model, settings, eager=True, monkeypatch=monkeypatch)
+    eager, eager_record = sample(model, settings, eager=True, monkeypatch=monkeypatch)
     assert record.guidance_pass == "eager: the model carries attention replacements (attn2)"
-    assert torch.equal(out, eager)
+    errors = errors_of(out, record, eager, eager_record)
+    print(f"patched model, eager (patch) against eager (variable): relative errors {errors}")
+    assert max(errors.values()) <= 1e-5
 
 
 def test_an_interrupt_between_replays_leaves_nothing_behind():
@@ -102,7 +121,7 @@ def test_an_interrupt_between_replays_leaves_nothing_behind():
     assert not model.model_options["transformer_options"]
     assert settled_memory() == allocated      # the graph and its memory pool were freed
     again, _ = sample(model, settings)
-    assert torch.equal(again, clean)
+    assert relative_error(again, clean) <= 1e-5
     assert settled_memory() == allocated
 
 
