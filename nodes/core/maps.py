@@ -28,6 +28,14 @@ def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int) -> tor
     return torch.softmax(qh @ kh.transpose(-1, -2) * qh.shape[-1] ** -0.5, dim=-1)
 
 
+def joint_text_probabilities(q: torch.Tensor, k: torch.Tensor, text_length: int) -> torch.Tensor:
+    """(B, H, N - T, T) in fp32: each image query's attention to the T text keys, from (B, H, N, D)
+    queries and keys of a joint [text, image] sequence (MMDiT), softmax over the whole sequence."""
+    queries, keys = q[:, :, text_length:].float(), k.float()
+    logits = queries @ keys.transpose(-1, -2) * queries.shape[-1] ** -0.5
+    return torch.softmax(logits, dim=-1)[..., :text_length]
+
+
 def gaussian_kernel(kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
     """The reference's 2-D kernel. It uses exp(-((x - mu) / (2 sigma))^2), not the
     textbook exp(-(x - mu)^2 / (2 sigma^2)); copied so the numbers match it exactly."""
@@ -41,19 +49,21 @@ def gaussian_kernel(kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
     return (kernel / kernel.sum()).float()
 
 
-def kept_columns(token_count: int, chunk_length: int, end_columns: list[int], drop_from_end: bool) -> torch.Tensor:
+def kept_columns(token_count: int, chunk_length: int, end_columns: list[int], drop_from_end: bool,
+                 has_start: bool = True) -> torch.Tensor:
     """Columns of the context that take part in the token softmax.
 
-    Every chunk loses its start token. SD1.x (drop_from_end False) also loses only
-    the chunk's last slot, as the reference's [1:-1]; models that pad with another
-    token than the end token (SD2.x, SDXL) lose the end token and everything after it.
+    Every chunk loses its start token (T5 has none). SD1.x (drop_from_end False) also loses
+    only the chunk's last slot, as the reference's [1:-1]; models that pad with another
+    token than the end token (SD2.x, SDXL, SD3's CLIP columns, Flux's T5) lose the end token
+    and everything after it.
     """
     kept = []
     for chunk, start in enumerate(range(0, token_count, chunk_length)):
         stop = start + chunk_length - 1
         if drop_from_end and chunk < len(end_columns):
             stop = end_columns[chunk]
-        kept.extend(range(start + 1, min(stop, token_count)))
+        kept.extend(range(start + int(has_start), min(stop, token_count)))
     return torch.tensor(kept, dtype=torch.long)
 
 

@@ -23,11 +23,15 @@ class Schedule:
     def is_guided(self, step: int) -> bool:
         return step < self.steps_to_alter or step in self.thresholds
 
+    flow: bool = False                 # the model samples x = (1 - sigma) x0 + sigma noise (SD3, Flux)
+
     def step_size(self, step: int, sigma: float) -> float:
-        """alpha_i for ComfyUI's sampler state x = z * sqrt(1 + sigma^2). The reference moves
-        the unscaled latent z by alpha_i * dL/dz; since dL/dz = sqrt(1 + sigma^2) * dL/dx,
-        the same move of x is alpha_i * (1 + sigma^2) * dL/dx."""
-        return self.step_sizes[step] * (1.0 + sigma ** 2)
+        """alpha_i for ComfyUI's sampler state x = s z, where z is the latent of unit scale the
+        reference moves (z = sqrt(abar) x0 + sqrt(1 - abar) noise). It moves z by alpha_i * dL/dz;
+        since dL/dz = s * dL/dx, the same move of x is alpha_i * s^2 * dL/dx. Diffusion models
+        (x = x0 + sigma noise): s^2 = 1 + sigma^2. Flow models: s^2 = (1 - sigma)^2 + sigma^2."""
+        scale_squared = (1.0 - sigma) ** 2 + sigma ** 2 if self.flow else 1.0 + sigma ** 2
+        return self.step_sizes[step] * scale_squared
 
 
 def format_thresholds(thresholds: dict[int, float]) -> str:
@@ -64,7 +68,7 @@ def linspace(start: float, stop: float, count: int) -> list[float]:
     return [start + i * step for i in range(count - 1)] + [float(stop)]
 
 
-def build_schedule(settings: Settings, steps: int) -> Schedule:
+def build_schedule(settings: Settings, steps: int, flow: bool = False) -> Schedule:
     """The settings' step indices rescaled to `steps` sampled steps, and every step's alpha_i."""
     if settings.schedule_steps < 1:
         raise ValueError("schedule_steps must be at least 1")
@@ -76,4 +80,4 @@ def build_schedule(settings: Settings, steps: int) -> Schedule:
     sizes = tuple(settings.scale_factor * math.sqrt(s) for s in linspace(*settings.scale_range, steps))
     return Schedule(steps=steps, steps_to_alter=min(rescale(settings.steps_to_alter, steps, settings.schedule_steps),
                                                     steps),
-                    thresholds=scaled, step_sizes=sizes, max_refinement=settings.max_refinement)
+                    thresholds=scaled, step_sizes=sizes, max_refinement=settings.max_refinement, flow=flow)

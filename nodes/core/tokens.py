@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from .nouns import noun_spans
 
 START, END, PAD, PIECE, EMBEDDING = "start", "end", "pad", "piece", "embedding"
+SENTENCEPIECE_SPACE = "\u2581"     # SentencePiece's mark of a word's first piece
 
 
 @dataclass(frozen=True)
 class Token:
     column: int
     kind: str
-    text: str = ""            # the BPE piece, without its end-of-word mark
-    word_end: bool = True     # the piece closes a word
+    text: str = ""            # the piece, without its word mark
+    word_end: bool = True     # the piece closes a word (CLIP's BPE marks a word's last piece)
+    word_start: bool = False  # the piece opens a word (T5's SentencePiece marks a word's first piece)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ def words(tokens: list[Token]) -> list[Subject]:
             out.append(Subject("<embedding>", (token.column,)))
         if token.kind != PIECE:
             continue
+        if token.word_start and columns:
+            out.append(Subject(text, tuple(columns)))
+            text, columns = "", []
         text += token.text
         columns.append(token.column)
         if token.word_end:
@@ -119,9 +124,11 @@ def resolve_subjects(spec: str, tokens: list[Token]) -> list[Subject]:
 
 def layout(chunks: list[list], vocab: dict, start_id, end_id) -> tuple[list[Token], list[int]]:
     """Context columns of a tokenized prompt: chunks of (token, weight[, word id])
-    as ComfyUI's tokenizer returns them. A token that is not an int is an embedding
-    vector. Returns the tokens and each chunk's end-token column."""
+    as ComfyUI's tokenizer returns them (CLIP's BPE or T5's SentencePiece; T5 has no start
+    token: start_id None). A token that is not an int is an embedding vector. Returns the
+    tokens and each chunk's end-token column."""
     tokens, end_columns, column = [], [], 0
+    sentencepiece = any(piece.startswith(SENTENCEPIECE_SPACE) for piece in vocab.values())
     for chunk in chunks:
         ended = False
         for index, entry in enumerate(chunk):
@@ -135,6 +142,11 @@ def layout(chunks: list[list], vocab: dict, start_id, end_id) -> tuple[list[Toke
                 if not ended:
                     end_columns.append(column)
                 ended = True
+            elif sentencepiece:
+                piece = vocab.get(token, "")
+                # punctuation follows a word without a space but is no part of it
+                starts = piece.startswith(SENTENCEPIECE_SPACE) or not re.search(r"\w", piece)
+                tokens.append(Token(column, PIECE, piece.removeprefix(SENTENCEPIECE_SPACE), False, starts))
             else:
                 piece = vocab.get(token, "")
                 tokens.append(Token(column, PIECE, piece.removesuffix("</w>"), piece.endswith("</w>")))

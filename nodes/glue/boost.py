@@ -100,12 +100,12 @@ def boosted_model(model, boost: AttentionBoost, map_level_only: bool):
     """A clone of `model` with the boost on every cross-attention block, or on the blocks of
     the family's map level; attn2 replace patches already there are wrapped."""
     diffusion_model = model.model.diffusion_model
+    blocks = cross_attention_blocks(diffusion_model)
+    if not blocks:
+        raise ValueError("attention boost: this model has no cross-attention blocks (SD1.x, SD2.x and SDXL have; "
+                         "SD3 and Flux attend to the text jointly, which the boost does not change)")
     if map_level_only:
         blocks = blocks_at_level(diffusion_model, detect_family(model.model).map_level)
-    else:
-        blocks = cross_attention_blocks(diffusion_model)
-    if not blocks:
-        raise ValueError("attention boost: this model has no cross-attention blocks (SD1.x, SD2.x and SDXL have)")
     clone = model.clone()
     existing = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for block in blocks:

@@ -11,9 +11,9 @@ import comfy.samplers
 
 from ..core.excite import Evaluation
 from ..core.losses import attend_excite_loss
-from ..core.maps import SubjectScorer, gaussian_kernel, kept_columns
+from ..core.maps import SubjectScorer, gaussian_kernel
 from .capture import CaptureFailed, CapturedPass, capture_blockers
-from .recorder import AttentionRecorder, ForwardDone, modules_through
+from .recorder import ForwardDone
 
 
 def autograd_view(tensor: torch.Tensor) -> torch.Tensor:
@@ -102,26 +102,27 @@ def _entry_on(entry: dict, device: torch.device) -> dict:
 class GuidancePass:
     """Scores a latent: the smoothed peak attention of every subject, the loss and its gradient."""
 
-    def __init__(self, base_model, positive_entry: dict, subjects: list[list[int]], token_count: int,
-                 end_columns: list[int], drop_from_end: bool, recorder: AttentionRecorder,
-                 kernel_size: int, sigma: float, chunk_length: int = 77):
+    def __init__(self, base_model, positive_entry: dict, subjects: list[list[int]], kept: torch.Tensor,
+                 recorder, kernel_size: int, sigma: float):
+        """kept: the context columns of the token softmax; recorder: an AttentionRecorder
+        (UNets) or a JointAttentionRecorder (MMDiT)."""
         self.base_model = base_model
         self.entry = positive_entry
         with torch.inference_mode(False):  # autograd saves these; inference tensors it cannot
-            kept = kept_columns(token_count, chunk_length, end_columns, drop_from_end)
-            self.score = SubjectScorer(subjects, kept, gaussian_kernel(kernel_size, sigma))
+            self.score = SubjectScorer(subjects, kept.clone(), gaussian_kernel(kernel_size, sigma))
         self.recorder = recorder
         # Only what the truncated forward runs needs weights that autograd can save.
-        self.modules = modules_through(base_model.diffusion_model, recorder.blocks[-1]) + control_modules(positive_entry)
+        self.modules = recorder.modules_run(base_model.diffusion_model) + control_modules(positive_entry)
         self.conds = None
         self.model_options = None
         self.captured = None      # CapturedPass, where this call's pass can be a CUDA graph
         self.mode = ""            # "CUDA graph", or "eager: " and why
         self.last_maps = None     # (B, S, h, w) of the latest evaluation
-        # ComfyUI adds a ControlNet's output to the UNet's skip connections in place, after
-        # autograd saved them: with a control, saved activations are kept as copies.
+        # ComfyUI adds a ControlNet's output to the UNet's skip connections, and Flux's blocks
+        # their updates to their inputs, in place, after autograd saved them: there, saved
+        # activations are kept as copies.
         self.saved = (torch.autograd.graph.saved_tensors_hooks(_copy_activation, lambda t: t)
-                      if "control" in positive_entry else contextlib.nullcontext())
+                      if "control" in positive_entry or recorder.in_place_model else contextlib.nullcontext())
 
     def evaluate(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> Evaluation:
         """Under enable_grad, outside inference mode."""
@@ -142,7 +143,7 @@ class GuidancePass:
 
     def forward(self, leaf: torch.Tensor, sigma: torch.Tensor):
         """(loss (B,), peaks (B, S), maps (B, S, h, w)), differentiable in leaf."""
-        self.recorder.reset()
+        self.recorder.reset(leaf.shape)
         try:
             with self.saved:
                 comfy.samplers.calc_cond_batch(self.base_model, self.conds, leaf, sigma, self.model_options)

@@ -29,7 +29,10 @@ class Block:
 
 def cross_attention_blocks(diffusion_model) -> list[Block]:
     """Every UNet block with cross-attention, in execution order, with its level
-    read from the structure (Downsample / Upsample modules), not from block numbers."""
+    read from the structure (Downsample / Upsample modules), not from block numbers;
+    none for a model that is not a UNet."""
+    if not hasattr(diffusion_model, "input_blocks"):
+        return []
     def transformer(module):
         return next((m for m in module.modules() if isinstance(m, SpatialTransformer)), None)
 
@@ -67,29 +70,45 @@ def blocks_at_level(diffusion_model, level: int) -> list[Block]:
     return found
 
 
-class AttentionRecorder:
+class AttentionSum:
+    """What a recorder keeps of a pass: the probabilities summed over heads and layers."""
+
+    attention = "cross-attention"
+    total: torch.Tensor = None    # (B, h * w, T)
+    heads = 0                     # attention maps summed into total: heads x layers
+    shape: tuple = None           # (h, w)
+
+    def take_average(self) -> torch.Tensor:
+        """(B, h, w, T) mean over every recorded head and layer; drops the running sum."""
+        if self.total is None:
+            raise RuntimeError(f"the guidance pass recorded no {self.attention} (is the positive "
+                               f"conditioning active at this step?)")
+        b, _, t = self.total.shape
+        average = (self.total / self.heads).view(b, *self.shape, t)
+        self.total = None
+        return average
+
+
+class AttentionRecorder(AttentionSum):
     """Sums softmax(q k^T / sqrt(d)) over heads and blocks, in fp32."""
+
+    in_place_model = False     # ComfyUI's UNets change no activation that autograd saved
 
     def __init__(self, blocks: list[Block]):
         self.blocks = blocks
         self.last = (blocks[-1].name, blocks[-1].number, blocks[-1].depth - 1)
         self.reset()
 
-    def reset(self):
+    def reset(self, latent_shape: tuple = ()):
+        """Before each pass (the maps' shape comes from the recorded blocks, not the latent)."""
         self.total = None
         self.heads = 0         # attention maps summed into total: heads x layers
         self.shape = None
         self.recorded = []     # (block, block_index, (h, w)) of the last pass, for inspection
 
-    def take_average(self) -> torch.Tensor:
-        """(B, h, w, T) mean over every recorded head and layer; drops the running sum."""
-        if self.total is None:
-            raise RuntimeError("the guidance pass recorded no cross-attention (is the positive "
-                               "conditioning active at this step?)")
-        b, n, t = self.total.shape
-        average = (self.total / self.heads).view(b, *self.shape, t)
-        self.total = None
-        return average
+    def modules_run(self, diffusion_model) -> list[torch.nn.Module]:
+        """The modules that a forward stopped after the last recorded block runs."""
+        return modules_through(diffusion_model, self.blocks[-1])
 
     def install(self, model_options: dict) -> dict:
         """A copy of model_options whose recorded blocks compute attention here,

@@ -13,13 +13,15 @@ import torch
 
 import comfy.model_management
 import comfy.samplers
+from comfy.k_diffusion.sampling import offset_first_sigma_for_snr
 
 from ..core.excite import excite
 from ..core.record import AttentionRecord
 from ..core.schedule import Schedule, build_schedule
 from ..core.settings import Settings
-from .family import detect_family
+from .family import Family, detect_family
 from .guidance import GuidancePass, autograd_weights
+from .joint import JointAttentionRecorder, joint_blocks
 from .recorder import AttentionRecorder, blocks_at_level
 from .text import SUBJECTS_KEY
 
@@ -29,6 +31,9 @@ from .text import SUBJECTS_KEY
 # DPM-2 midpoint at eta 1, since sqrt(sigma_i * sigma_down) = sigma_(i+1) there.
 PREDICTOR_CALLS = {"heun": 1, "heunpp2": 2, "exp_heun_2_x0": 1, "exp_heun_2_x0_sde": 1, "dpm_2_ancestral": 1,
                    "dpmpp_2s_ancestral": 1, "dpmpp_2s_ancestral_cfg_pp": 1}
+# On flow models (SD3, Flux) ComfyUI runs DPM++(2S) ancestral as its RF variant, whose midpoint
+# is not the next sigma.
+FLOW_PREDICTOR_CALLS = {**PREDICTOR_CALLS, "dpmpp_2s_ancestral": 0}
 SIGMA_MATCH = 1e-4
 # Samplers that choose their own evaluation sigmas: step j is guided at the first
 # evaluation at or below its sigma.
@@ -38,6 +43,17 @@ OWN_GRID = {"dpm_fast", "dpm_adaptive"}
 RESCALED_STATE = {"uni_pc", "uni_pc_bh2"}
 # Samplers whose progress callback reports their initial latent, not the current state.
 STALE_CALLBACK_STATE = {"ipndm", "ipndm_v", "deis"}
+
+
+def recorder_for(diffusion_model, family: Family, map_level):
+    """The recorder of a family's maps: UNets' cross-attention at a latent level, or every
+    joint block of an MMDiT."""
+    if not family.joint:
+        return AttentionRecorder(blocks_at_level(diffusion_model, family.map_level if map_level is None else map_level))
+    if map_level is not None:
+        raise ValueError(f"map_level chooses a UNet level; {family.name} reads its maps in every joint attention "
+                         f"block: set map_level to auto")
+    return JointAttentionRecorder(joint_blocks(diffusion_model), diffusion_model.patch_size)
 
 
 def _subjects_of(positive: list[dict], settings: Settings):
@@ -60,21 +76,27 @@ class GuidedRun:
         entry, info = _subjects_of(guider.conds.get("positive", []), settings)
         token_count = entry["model_conds"]["c_crossattn"].cond.shape[1]
         subjects = [list(c) for c in (settings.token_indices or info["subjects"])]
+        kept = family.kept(token_count, info.get("end_columns", []))
+        scored = set(kept.tolist())
         for column in (c for s in subjects for c in s):
-            if not 0 < column < token_count:
-                raise ValueError(f"token index {column} is outside the conditioning's {token_count} tokens")
-        self.schedule: Schedule = build_schedule(settings, len(sigmas) - 1)
+            if column not in scored:
+                where = "outside the conditioning's" if column >= token_count else "not one of the scored prompt " \
+                    "tokens (start, end and padding tokens are not scored) among the conditioning's"
+                raise ValueError(f"token index {column} is {where} {token_count} tokens")
+        self.schedule: Schedule = build_schedule(settings, len(sigmas) - 1, flow=family.flow)
         self.pending = [j for j in range(self.schedule.steps) if self.schedule.is_guided(j)]
         labels = ["+".join(map(str, c)) for c in settings.token_indices] if settings.token_indices else \
             info["labels"]
         record.start(family.name, labels, self.schedule.thresholds, self.schedule.steps)
-        level = family.map_level if settings.map_level is None else settings.map_level
-        recorder = AttentionRecorder(blocks_at_level(base_model.diffusion_model, level))
-        self.guidance = GuidancePass(base_model, entry, subjects, token_count, info.get("end_columns", []),
-                                     family.drop_from_end, recorder, settings.kernel_size,
-                                     settings.smoothing_sigma)
+        self.guidance = GuidancePass(base_model, entry, subjects, kept,
+                                     recorder_for(base_model.diffusion_model, family, settings.map_level),
+                                     settings.kernel_size, settings.smoothing_sigma)
         self.sigmas = sigmas.tolist()
+        # Samplers that work in log-SNR start a flow model just under sigma 1 (ComfyUI's
+        # offset_first_sigma_for_snr): step 0 is found at either sigma.
+        self.first_sigmas = (self.sigmas[0], float(offset_first_sigma_for_snr(sigmas, base_model.model_sampling)[0]))
         self.sampler_name = sampler_name
+        self.predictor_calls = (FLOW_PREDICTOR_CALLS if family.flow else PREDICTOR_CALLS).get(sampler_name, 0)
         if sampler_name in RESCALED_STATE:
             logging.warning("Attend-and-Excite: %s keeps a rescaled copy of its state, so each update reaches only "
                             "that step's model evaluation; pick another sampler for exact Attend-and-Excite",
@@ -107,9 +129,10 @@ class GuidedRun:
         if self.sampler_name in OWN_GRID:
             return sigma <= self.sigmas[step] * (1 + 1e-6)
         for upcoming in self.pending:
-            if math.isclose(sigma, self.sigmas[upcoming], rel_tol=SIGMA_MATCH):
+            targets = self.first_sigmas if upcoming == 0 else (self.sigmas[upcoming],)
+            if any(math.isclose(sigma, target, rel_tol=SIGMA_MATCH) for target in targets):
                 self.calls_at[upcoming] = self.calls_at.get(upcoming, 0) + 1
-                return upcoming == step and self.calls_at[step] > min(step, PREDICTOR_CALLS.get(self.sampler_name, 0))
+                return upcoming == step and self.calls_at[step] > min(step, self.predictor_calls)
         return False
 
     def _guide(self, x: torch.Tensor, sigma: torch.Tensor, sigma_value: float, model_options: dict):

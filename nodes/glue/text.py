@@ -7,9 +7,13 @@ SUBJECTS_KEY = "attend_excite"
 
 
 def encoder_tokenizer(tokenizer, tokenized: dict):
-    """The encoder whose token columns the subjects index: CLIP-L where there is one
-    (SD1.x; SDXL, whose CLIP-G has the same columns), else the only one (SD2.x: OpenCLIP-H)."""
-    key = "l" if "l" in tokenized else next(iter(tokenized))
+    """The encoder whose token columns the subjects index: Flux's T5 (its CLIP-L gives only the
+    pooled vector); else CLIP-L where there is one (SD1.x; SDXL and SD3, whose CLIP-G has the same
+    columns, SD3's T5 columns following them), else the only one (SD2.x: OpenCLIP-H)."""
+    if "t5xxl" in tokenized and "g" not in tokenized:
+        key = "t5xxl"
+    else:
+        key = "l" if "l" in tokenized else next(iter(tokenized))
     return tokenized[key], getattr(tokenizer, f"clip_{key}", None) or getattr(tokenizer, key)
 
 

@@ -56,15 +56,16 @@ def bare_config(name: str):
 @pytest.mark.parametrize("config, family", [
     ("SD15", "SD1.x"), ("SD15_instructpix2pix", "SD1.x"), ("SD20", "SD2.x"), ("SD21UnclipH", "SD2.x"),
     ("SDXL", "SDXL"), ("SSD1B", "SDXL"), ("Segmind_Vega", "SDXL"), ("KOALA_700M", "SDXL"),
-    ("SDXL_instructpix2pix", "SDXL")])
+    ("SDXL_instructpix2pix", "SDXL"), ("SD3", "SD3"), ("Flux", "Flux.1"), ("FluxSchnell", "Flux.1"),
+    ("FluxInpaint", "Flux.1")])
 def test_families_are_detected_from_the_config_class(config, family):
     assert detect_family(bare_config(config)).name == family
 
 
-@pytest.mark.parametrize("config", ["SD3", "Flux", "SDXLRefiner", "SD_X4Upscaler", "LotusD", "Stable_Zero123",
+@pytest.mark.parametrize("config", ["Flux2", "SDXLRefiner", "SD_X4Upscaler", "LotusD", "Stable_Zero123",
                                     "HunyuanVideo", "StableAudio"])
 def test_other_models_are_refused_with_what_is_supported(config):
-    with pytest.raises(ValueError, match=f"supports SD1.x, SD2.x, SDXL models .*this model is {config}"):
+    with pytest.raises(ValueError, match=f"supports SD1.x, SD2.x, SDXL, SD3, Flux.1 models; this model is {config}"):
         detect_family(bare_config(config))
 
 
@@ -75,7 +76,7 @@ def test_a_refused_model_stops_sampling_before_any_step():
     extra = {"pooled_output": torch.randn(1, 1280)}
     positive = support.random_conditioning(1, context_dim=1280, **extra, **support.SUBJECTS)
     negative = support.random_conditioning(2, context_dim=1280, **extra)
-    with pytest.raises(ValueError, match="supports SD1.x, SD2.x, SDXL models"):
+    with pytest.raises(ValueError, match="supports SD1.x, SD2.x, SDXL, SD3, Flux.1 models"):
         support.sample(model, "euler", FORCED, positive, negative, torch.zeros(1, 4, 8, 8))
 
 
@@ -107,7 +108,7 @@ def test_guidance_pass_reads_the_intended_blocks_and_has_a_gradient(family):
     context, extra = positive[0]
     entry = {"model_conds": base.extra_conds(cross_attn=context, device=torch.device("cpu"), **extra),
              "uuid": "positive"}
-    guidance = GuidancePass(base, entry, [[2], [5]], 77, [6], True, recorder, 3, 0.5)
+    guidance = GuidancePass(base, entry, [[2], [5]], detect_family(base).kept(77, [6]), recorder, 3, 0.5)
     base.current_patcher = family.model      # as sampling's preparation sets it
     x = torch.randn(1, 4, 24, 32) * 14.6      # a non-square latent: h and w must not swap
     with autograd_weights(modules_through(base.diffusion_model, recorder.blocks[-1])), \

@@ -10,6 +10,7 @@ import comfy.sample
 import comfy.samplers
 import support
 from attend_and_excite.nodes.core.record import AttentionRecord
+from attend_and_excite.nodes.glue.family import SD1
 from attend_and_excite.nodes.glue.guidance import GuidancePass, autograd_weights, with_backward_attention
 from attend_and_excite.nodes.glue.recorder import (AttentionRecorder, blocks_at_level, cross_attention_blocks,
                                                    modules_through)
@@ -89,7 +90,7 @@ def test_guidance_pass_records_the_level_maps_and_has_a_gradient():
     recorder = AttentionRecorder(blocks_at_level(model.model.diffusion_model, 2))
     context = support.random_conditioning(1)[0][0]
     entry = {"model_conds": {"c_crossattn": comfy.conds.CONDCrossAttn(context)}, "uuid": "positive"}
-    guidance = GuidancePass(model.model, entry, [[2], [5]], 77, [6], False, recorder, 3, 0.5)
+    guidance = GuidancePass(model.model, entry, [[2], [5]], SD1.kept(77, [6]), recorder, 3, 0.5)
     model.model.current_patcher = model     # as sampling's preparation sets it
     x = torch.randn(1, 4, 32, 32) * 14.6
     seen = []
@@ -113,7 +114,7 @@ def test_the_loss_is_fp32_on_an_fp16_model():
     recorder = AttentionRecorder(blocks_at_level(model.model.diffusion_model, 2))
     context = support.random_conditioning(1)[0][0].half()
     entry = {"model_conds": {"c_crossattn": comfy.conds.CONDCrossAttn(context)}, "uuid": "positive"}
-    guidance = GuidancePass(model.model, entry, [[2], [5]], 77, [6], False, recorder, 3, 0.5)
+    guidance = GuidancePass(model.model, entry, [[2], [5]], SD1.kept(77, [6]), recorder, 3, 0.5)
     model.model.current_patcher = model
     assert next(model.model.diffusion_model.parameters()).dtype == torch.float16
     with torch.enable_grad():
