@@ -1,15 +1,17 @@
 """Plain KSampler against KSampler (Attend-and-Excite), and against the stock KSampler on a
 model patched by the attention boost, on one model, seed and sampler.
 
-    make benchmark            (or: python tests/harness/benchmark.py [--out DIR] [--no-reference])
+    make benchmark            (or: python tests/harness/benchmark.py [--out DIR] [--shape NAME] [--reference PATH])
 
-Each configuration runs in its own process (so that peak memory is its own): one
-warm-up call, two timed calls (the faster counts), then one call with per-part timers. On a GPU: the SD1.5
-shape at 512 px and the SDXL shape at 1024 px, 50 steps, fp16, random weights (they cost what real ones
-do), and, when given one with --reference (or AE_REFERENCE_SCRIPT), the diffusers reference script in the
-same call for the reference's figures; without one it says so and runs the package alone. On the CPU: a
-small SD1.x-topology model at 256 px, 20 steps, fp32, so that it finishes in minutes. Writes result.json
-and table.md to the output folder and prints the tables.
+Each configuration: one warm-up call, two timed calls (the faster counts), then on the CPU one call with
+per-part timers. On the CPU each configuration runs in its own process (its own peak RSS); on a GPU all of
+a shape's in one (its peak allocated reset before each), with the eager-pass and batch-4 rows and the
+guidance pass's wall and kernel time. On a GPU: the SD1.5 shape at 512 px and the SDXL shape at 1024 px,
+50 steps, fp16, random weights (they cost what real ones do), and, when given one with --reference (or
+AE_REFERENCE_SCRIPT), the diffusers reference script in the same call for the reference's figures; without
+one it says so and runs the package alone. On the CPU: a small SD1.x-topology model at 256 px, 20 steps,
+fp32, so that it finishes in minutes. Both: a small Flux.1 dev (see shape()). Writes result.json and
+table.md to the output folder and prints the tables.
 """
 import argparse
 import contextlib
@@ -41,7 +43,8 @@ GPU_CONFIGS = {
     "A&E, no refinement, batch 4": ("guided", {"thresholds": ""}),
 }
 SHAPE_CONFIGS = {"sd15": list(CONFIGS) + list(GPU_CONFIGS),
-                 "sdxl": ["plain KSampler", "A&E, no refinement", "A&E, default thresholds"]}
+                 "sdxl": ["plain KSampler", "A&E, no refinement", "A&E, default thresholds"],
+                 "flux": ["plain KSampler", "A&E, no refinement", "A&E, default thresholds"]}
 SEED, CFG, SAMPLER = 1, 7.5, "euler"
 LOG_OUTPUT = 4      # the Attend-and-Excite KSampler's outputs: latent, heatmaps, peak plot, attention, log
 PROFILED_STEPS = 20     # the pass profile: this many steps, every one guided, no refinement
@@ -50,17 +53,27 @@ TIMED_CALLS = 2     # the faster one counts: these machines are noisy
 
 def shape(name: str, cuda: bool) -> dict:
     """The model and run of a benchmark shape: "sd15" (SD1.4/1.5: 320 channels, 8 heads,
-    context 768) or "sdxl" (320 channels, depths 2 and 10, context 2048, pooled 1280)."""
+    context 768), "sdxl" (320 channels, depths 2 and 10, context 2048, pooled 1280), or "flux"
+    (a small Flux.1 dev: width 256, 4 double and 8 single blocks, T5 width 256, 77 text tokens;
+    cfg 1 with guidance 3.5, as Flux dev samples)."""
     import torch
     from support import SD15_TOPOLOGY, SDXL_TOPOLOGY
+    unet_shape = dict(latent_channels=4, cfg=CFG)
+    if name == "flux":
+        unet = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=256,
+                    hidden_size=256, mlp_ratio=4.0, num_heads=4, depth=4, depth_single_blocks=8, axes_dim=[16, 24, 24],
+                    theta=10000, qkv_bias=True, guidance_embed=True, patch_size=2)
+        return dict(family="Flux", unet=unet, width=256, context=256, size=256, steps=20, dtype=torch.float32,
+                    extra={"pooled_output": torch.randn(1, 768), "guidance": 3.5}, latent_channels=16, cfg=1.0)
     if name == "sdxl":
-        return dict(family="SDXL", unet=dict(SDXL_TOPOLOGY, model_channels=320, dtype=torch.float16), size=1024,
-                    steps=50, dtype=torch.float16, pooled=1280)
+        return dict(unet_shape, family="SDXL", unet=dict(SDXL_TOPOLOGY, model_channels=320, dtype=torch.float16),
+                    width=320, context=2048, size=1024, steps=50, dtype=torch.float16,
+                    extra={"pooled_output": torch.randn(1, 1280)})
     if cuda:
-        return dict(family="SD15", unet=dict(SD15_TOPOLOGY, model_channels=320, context_dim=768, dtype=torch.float16),
-                    size=512, steps=50, dtype=torch.float16, pooled=None)
-    return dict(family="SD15", unet=dict(SD15_TOPOLOGY, model_channels=64, context_dim=768), size=256, steps=20,
-                dtype=torch.float32, pooled=None)
+        return dict(unet_shape, family="SD15", width=320, context=768, size=512, steps=50, dtype=torch.float16, extra={},
+                    unet=dict(SD15_TOPOLOGY, model_channels=320, context_dim=768, dtype=torch.float16))
+    return dict(unet_shape, family="SD15", unet=dict(SD15_TOPOLOGY, model_channels=64, context_dim=768), width=64,
+                context=768, size=256, steps=20, dtype=torch.float32, extra={})
 
 
 class PartTimer:
@@ -141,13 +154,12 @@ def run_configs(names: list[str], shape_name: str) -> dict:
     setup = shape(shape_name, cuda)
     with torch.inference_mode():      # as ComfyUI's loader: the weights are inference tensors
         base = support.tiny_model(seed=0, config=setup["unet"], family=setup["family"])
-    pooled = {} if setup["pooled"] is None else {"pooled_output": torch.randn(1, setup["pooled"])}
-    positive, negative = support.conditionings(setup["unet"]["context_dim"], **pooled)
+    positive, negative = support.conditionings(setup["context"], **setup["extra"])
     results = {}
     for name in names:
         how, changes = {**CONFIGS, **GPU_CONFIGS}[name]
         batch = 4 if name.endswith("batch 4") else 1
-        latent = {"samples": torch.zeros(batch, 4, setup["size"] // 8, setup["size"] // 8)}
+        latent = {"samples": torch.zeros(batch, setup["latent_channels"], setup["size"] // 8, setup["size"] // 8)}
         model = AttendExciteAttentionBoost.execute(base, **{**boost_inputs(), **changes}).result[0] \
             if how == "boost" else base
         if name.endswith("eager pass"):
@@ -158,9 +170,10 @@ def run_configs(names: list[str], shape_name: str) -> dict:
         def sample():
             with torch.inference_mode():
                 if how != "guided":
-                    return nodes.common_ksampler(model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive,
+                    return nodes.common_ksampler(model, SEED, setup["steps"], setup["cfg"], SAMPLER, "normal", positive,
                                                  negative, latent)[0]
-                last[:] = AttendExciteKSampler.execute(model, SEED, setup["steps"], CFG, SAMPLER, "normal", positive,
+                last[:] = AttendExciteKSampler.execute(model, SEED, setup["steps"], setup["cfg"], SAMPLER, "normal",
+                                                       positive,
                                                        negative, latent, 1.0, **{**default_inputs(), **changes}).result
         try:
             results[name] = measure(sample, batch, cuda, profile=how == "guided" and not cuda)
@@ -170,8 +183,8 @@ def run_configs(names: list[str], shape_name: str) -> dict:
             os.environ.pop(EAGER_VARIABLE, None)
         results[name]["guidance_pass"] = json.loads(last[LOG_OUTPUT])["guidance_pass"] if last else None
         results[name]["shape"] = {"model": shape_name, "size": setup["size"], "steps": setup["steps"], "batch": batch,
-                                  "channels": setup["unet"]["model_channels"],
-                                  "dtype": str(setup["dtype"]).replace("torch.", ""), "sampler": SAMPLER, "cfg": CFG}
+                                  "channels": setup["width"], "dtype": str(setup["dtype"]).replace("torch.", ""),
+                                  "sampler": SAMPLER, "cfg": setup["cfg"]}
     return results
 
 
@@ -189,10 +202,10 @@ def pass_costs(model, setup, positive, negative, latent) -> dict:
                   "schedule_steps": PROFILED_STEPS}
 
     def plain():
-        nodes.common_ksampler(model, SEED, PROFILED_STEPS, CFG, SAMPLER, "normal", positive, negative, latent)
+        nodes.common_ksampler(model, SEED, PROFILED_STEPS, setup["cfg"], SAMPLER, "normal", positive, negative, latent)
 
     def guided():
-        AttendExciteKSampler.execute(model, SEED, PROFILED_STEPS, CFG, SAMPLER, "normal", positive, negative, latent,
+        AttendExciteKSampler.execute(model, SEED, PROFILED_STEPS, setup["cfg"], SAMPLER, "normal", positive, negative, latent,
                                      1.0, **every_step)
 
     def costs(run):
@@ -284,7 +297,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action="append", choices=list(CONFIGS) + list(GPU_CONFIGS),
                         help=argparse.SUPPRESS)
-    parser.add_argument("--shape", choices=["sd15", "sdxl"], help="one shape only (default: sd15, and sdxl on a GPU)")
+    parser.add_argument("--shape", choices=list(SHAPE_CONFIGS),
+                        help="one shape only (default: sd15 and flux, and sdxl on a GPU)")
     parser.add_argument("--out", default=os.path.join(REPO, "out", "benchmark"))
     parser.add_argument("--reference", default=os.environ.get("AE_REFERENCE_SCRIPT"),
                         help="a script that measures the diffusers reference (it prints its table); run on a GPU "
@@ -295,7 +309,7 @@ def main():
         return
     import torch
     cuda = torch.cuda.is_available()
-    shapes = [args.shape] if args.shape else ["sd15", "sdxl"] if cuda else ["sd15"]
+    shapes = [args.shape] if args.shape else ["sd15", "sdxl", "flux"] if cuda else ["sd15", "flux"]
     results = {}
     for shape_name in shapes:
         names = SHAPE_CONFIGS[shape_name] if cuda else [n for n in SHAPE_CONFIGS[shape_name] if n in CONFIGS]
