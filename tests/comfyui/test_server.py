@@ -80,7 +80,13 @@ def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoints,
     # random weights never reach a threshold: cap refinement to keep the run short
     prompt = example_prompt(object_info, checkpoints.get(family), steps=6, size=128, path=path, max_refinement=2)
     batch = next(n["inputs"]["batch_size"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage")
-    result = server.run_prompt(prompt)
+    assert_guided_run(prompt, server.run_prompt(prompt), batch,
+                      {"sd15": "SD1.x", "sdxl": "SDXL", "demo": "SD1.x demo (shapes)"}[family])
+
+
+def assert_guided_run(prompt: dict, result: dict, batch: int, model: str):
+    """The run succeeded with its images, a tile per subject on the heatmap nodes, and a log
+    per log node: two subjects, guided steps 0-2, refinement capped at 2, the model's family."""
     assert result["status"]["status_str"] == "success", result["status"]
     for node_id, node in prompt.items():
         images = result["outputs"].get(node_id, {}).get("images", [])
@@ -93,7 +99,20 @@ def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoints,
     for log in logs:
         assert len(log["subjects"]) == 2 and [s["step"] for s in log["steps"]] == [0, 1, 2]
         assert all(s["refinement_iterations"][0] <= 2 for s in log["steps"])     # the cap applies
-        assert log["model"] == {"sd15": "SD1.x", "sdxl": "SDXL", "demo": "SD1.x demo (shapes)"}[family]
+        assert log["model"] == model
+
+
+def test_an_sd3_checkpoint_runs_through_the_package_nodes(server, object_info, mini_checkpoints):
+    """The SD1.5 example on a mini checkpoint that ComfyUI's loader detects as SD3 (16-channel latent, cfg 4.5)."""
+    prompt = example_prompt(object_info, mini_checkpoints[1]["sd3"], steps=6, size=128, max_refinement=2,
+                            path=EXAMPLE)
+    for node in prompt.values():
+        if node["class_type"] == "EmptyLatentImage":
+            node["class_type"] = "EmptySD3LatentImage"
+        if "cfg" in node["inputs"]:
+            node["inputs"]["cfg"] = 4.5
+    batch = next(n["inputs"]["batch_size"] for n in prompt.values() if n["class_type"] == "EmptySD3LatentImage")
+    assert_guided_run(prompt, server.run_prompt(prompt), batch, "SD3")
 
 
 def node_of(prompt: dict, class_type: str) -> str:
