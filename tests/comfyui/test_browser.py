@@ -192,7 +192,7 @@ PREVIEWS = {"attend_and_excite_sd15.json": ("AttendExciteKSampler", {
                 "AttendExciteKSampler": 2, "AttendExciteHeatmapOverlay": 2, "PreviewImage": 1, "SaveImage": 1}),
             "attend_and_excite_sd15_custom_sampler.json": ("AttendExciteHeatmaps", {
                 "AttendExciteHeatmaps": 2, "AttendExciteHeatmapOverlay": 2, "SaveImage": 1})}
-PREVIEWS["attend_and_excite_sdxl.json"] = PREVIEWS["attend_and_excite_sd15.json"]
+PREVIEWS["attend_and_excite_sdxl.json"] = PREVIEWS["attend_and_excite_sd35.json"] = PREVIEWS["attend_and_excite_sd15.json"]
 PREVIEWS["attend_and_excite_demo.json"] = ("AttendExciteKSampler", {     # four images
     "AttendExciteKSampler": 8, "AttendExciteHeatmapOverlay": 8, "PreviewImage": 4, "SaveImage": 4})
 

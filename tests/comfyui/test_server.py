@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.run_example import EXAMPLE, example_prompt, mini_family
+from harness.run_example import EMPTY_LATENTS, EXAMPLE, example_prompt, mini_family
 from harness.workflow import to_api
 
 NODE_IDS = ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
@@ -36,7 +36,7 @@ def test_examples_are_listed_as_templates_with_thumbnails(server):
     status, templates = server.request("/api/workflow_templates")
     assert status == 200
     names = sorted(os.path.splitext(os.path.basename(p))[0] for p in EXAMPLES)
-    assert sorted(templates["attend-and-excite"]) == names and len(names) == 4
+    assert sorted(templates["attend-and-excite"]) == names and len(names) == 5
     for path in EXAMPLES:
         assert os.path.getsize(path[:-len(".json")] + ".jpg") > 10_000, path
 
@@ -57,7 +57,8 @@ def test_example_workflow_converts_and_validates(server, object_info, path):
         ran = server.wait(answer["prompt_id"])["outputs"]
         assert [prompt[n]["inputs"].get("filename_prefix") for n in ran] == ["demo_plain"]
     else:
-        users_checkpoint = {"sd15": "v1-5-pruned-emaonly.safetensors", "sdxl": "sd_xl_base_1.0.safetensors"}
+        users_checkpoint = {"sd15": "v1-5-pruned-emaonly.safetensors", "sdxl": "sd_xl_base_1.0.safetensors",
+                            "sd3": "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors"}
         assert status == 400 and users_checkpoint[mini_family(path)] in errors   # absent here
 
 
@@ -79,14 +80,8 @@ def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoints,
     family = mini_family(path)
     # random weights never reach a threshold: cap refinement to keep the run short
     prompt = example_prompt(object_info, checkpoints.get(family), steps=6, size=128, path=path, max_refinement=2)
-    batch = next(n["inputs"]["batch_size"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage")
-    assert_guided_run(prompt, server.run_prompt(prompt), batch,
-                      {"sd15": "SD1.x", "sdxl": "SDXL", "demo": "SD1.x demo (shapes)"}[family])
-
-
-def assert_guided_run(prompt: dict, result: dict, batch: int, model: str):
-    """The run succeeded with its images, a tile per subject on the heatmap nodes, and a log
-    per log node: two subjects, guided steps 0-2, refinement capped at 2, the model's family."""
+    batch = next(n["inputs"]["batch_size"] for n in prompt.values() if n["class_type"] in EMPTY_LATENTS)
+    result = server.run_prompt(prompt)
     assert result["status"]["status_str"] == "success", result["status"]
     for node_id, node in prompt.items():
         images = result["outputs"].get(node_id, {}).get("images", [])
@@ -99,20 +94,7 @@ def assert_guided_run(prompt: dict, result: dict, batch: int, model: str):
     for log in logs:
         assert len(log["subjects"]) == 2 and [s["step"] for s in log["steps"]] == [0, 1, 2]
         assert all(s["refinement_iterations"][0] <= 2 for s in log["steps"])     # the cap applies
-        assert log["model"] == model
-
-
-def test_an_sd3_checkpoint_runs_through_the_package_nodes(server, object_info, mini_checkpoints):
-    """The SD1.5 example on a mini checkpoint that ComfyUI's loader detects as SD3 (16-channel latent, cfg 4.5)."""
-    prompt = example_prompt(object_info, mini_checkpoints[1]["sd3"], steps=6, size=128, max_refinement=2,
-                            path=EXAMPLE)
-    for node in prompt.values():
-        if node["class_type"] == "EmptyLatentImage":
-            node["class_type"] = "EmptySD3LatentImage"
-        if "cfg" in node["inputs"]:
-            node["inputs"]["cfg"] = 4.5
-    batch = next(n["inputs"]["batch_size"] for n in prompt.values() if n["class_type"] == "EmptySD3LatentImage")
-    assert_guided_run(prompt, server.run_prompt(prompt), batch, "SD3")
+        assert log["model"] == {"sd15": "SD1.x", "sdxl": "SDXL", "sd3": "SD3", "demo": "SD1.x demo (shapes)"}[family]
 
 
 def node_of(prompt: dict, class_type: str) -> str:

@@ -33,11 +33,14 @@ def link_checkpoint(base: str, checkpoint: str) -> str:
     return name
 
 
+EMPTY_LATENTS = ("EmptyLatentImage", "EmptySD3LatentImage")
+
+
 def mini_family(example: str) -> str:
     """Which generated checkpoint (harness.checkpoint.MINI) runs an example; "demo": the
     package's own demo model, no checkpoint."""
     name = os.path.basename(example)
-    return "demo" if "demo" in name else "sdxl" if "sdxl" in name else "sd15"
+    return "demo" if "demo" in name else "sdxl" if "sdxl" in name else "sd3" if "sd3" in name else "sd15"
 
 
 def example_prompt(object_info: dict, checkpoint: str, steps: int | None, size: int | None,
@@ -52,7 +55,7 @@ def example_prompt(object_info: dict, checkpoint: str, steps: int | None, size: 
             inputs["steps"] = steps
         if max_refinement is not None and "max_refinement" in inputs:
             inputs["max_refinement"] = max_refinement
-        if size and node["class_type"] == "EmptyLatentImage":
+        if size and node["class_type"] in EMPTY_LATENTS:
             inputs["width"] = inputs["height"] = size
     return prompt
 
