@@ -27,11 +27,23 @@ function addStyle() {
   document.head.append(style);
 }
 
-async function tokenize(text, subjects) {
+// Text encoder loaders whose `type` makes Flux's text encoder: its subjects are T5 columns.
+const T5_TYPES = new Set(["flux", "chroma"]);
+
+// "t5" when the node's clip comes from a loader set to a Flux-style text encoder, else "clip"
+// (a checkpoint's family is only known once it is loaded: CLIP's columns, as most have).
+export function encoderOf(node) {
+  const link = node.inputs?.find((i) => i.name === "clip")?.link;
+  const source = link != null ? node.graph?.getNodeById(node.graph.links[link]?.origin_id) : null;
+  const type = source?.widgets?.find((w) => w.name === "type")?.value;
+  return T5_TYPES.has(String(type).toLowerCase()) ? "t5" : "clip";
+}
+
+async function tokenize(text, subjects, encoder) {
   const response = await api.fetchApi("/attend_excite/tokenize", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ text, subjects }),
+    body: JSON.stringify({ text, subjects, encoder }),
   });
   const answer = await response.json();
   if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
@@ -61,7 +73,8 @@ function render(container, answer, subjects, onToggle) {
   const head = document.createElement("div");
   head.className = "ae-head";
   const count = answer.tokens.filter((t) => t.kind !== "start" && t.kind !== "end").length;
-  head.textContent = `${count} tokens · click words to choose subjects${automatic ? " (now: automatic)" : ""}`;
+  head.textContent = `${count} ${answer.encoder === "t5" ? "T5" : "CLIP"} tokens · click words to choose subjects` +
+    (automatic ? " (now: automatic)" : "");
   container.append(head);
   const pieces = new Map(answer.tokens.map((t) => [t.position, t.text]));
   for (const word of answer.words) {
@@ -122,7 +135,7 @@ function attachPicker(node) {
     const ticket = ++requested;
     const subjects = subjectsWidget.value ?? "";
     try {
-      const fresh = await tokenize(textWidget.value ?? "", subjects);
+      const fresh = await tokenize(textWidget.value ?? "", subjects, encoderOf(node));
       if (ticket !== requested) return;   // a newer edit is on its way
       answer = fresh;
       render(container, answer, subjects, toggle);
@@ -150,6 +163,11 @@ function attachPicker(node) {
       return previous?.apply(this, args);
     };
   }
+  const onConnectionsChange = node.onConnectionsChange;
+  node.onConnectionsChange = function (...args) {
+    schedule();     // another text encoder may index other columns
+    return onConnectionsChange?.apply(this, args);
+  };
   const onRemoved = node.onRemoved;
   node.onRemoved = function (...args) {
     clearTimeout(timer);

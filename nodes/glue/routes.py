@@ -1,6 +1,7 @@
 """The frontend's server route: a prompt's tokens, word groups, automatic subjects and
-the subjects a `subjects` field resolves to, from ComfyUI's bundled SD1 CLIP tokenizer
-(no model is loaded)."""
+the subjects a `subjects` field resolves to, from ComfyUI's bundled tokenizers (no model
+is loaded): CLIP's, whose columns SD1.x, SD2.x, SDXL and SD3 subjects index, or T5's,
+whose columns Flux's do."""
 import functools
 import json
 
@@ -11,8 +12,14 @@ from ..core.tokens import PAD, PIECE, SubjectError, automatic_subjects, layout, 
 MAX_BODY_BYTES = 64 * 1024
 
 
+ENCODERS = ("clip", "t5")
+
+
 @functools.cache
-def _tokenizer():
+def _tokenizer(encoder: str):
+    if encoder == "t5":
+        import comfy.text_encoders.sd3_clip
+        return comfy.text_encoders.sd3_clip.T5XXLTokenizer()
     import comfy.sd1_clip
     return comfy.sd1_clip.SD1Tokenizer().clip_l
 
@@ -21,10 +28,10 @@ def _subject_list(subjects) -> list[dict]:
     return [{"text": s.label, "positions": list(s.columns)} for s in subjects]
 
 
-def tokenize(text: str, subjects: str = "") -> dict:
+def tokenize(text: str, subjects: str = "", encoder: str = "clip") -> dict:
     """What the token picker shows; `chosen` is what the node will use, with `error`
     holding the message the node would stop with."""
-    tokenizer = _tokenizer()
+    tokenizer = _tokenizer(encoder)
     chunks = tokenizer.tokenize_with_weights(text)
     tokens, _ = layout(chunks, tokenizer.inv_vocab, tokenizer.start_token, tokenizer.end_token)
     try:
@@ -38,6 +45,7 @@ def tokenize(text: str, subjects: str = "") -> dict:
         "automatic": _subject_list(automatic_subjects(tokens)),
         "chosen": chosen,
         "error": error,
+        "encoder": encoder,
     }
 
 
@@ -60,12 +68,13 @@ async def tokenize_route(request: web.Request) -> web.Response:
     try:
         request_json = json.loads(body)
         text, subjects = request_json["text"], request_json.get("subjects", "")
-        if not isinstance(text, str) or not isinstance(subjects, str):
+        encoder = request_json.get("encoder", "clip")
+        if not isinstance(text, str) or not isinstance(subjects, str) or encoder not in ENCODERS:
             raise TypeError
     except (ValueError, KeyError, TypeError):
-        return web.json_response({"error": 'send JSON like {"text": "a cat and a frog", "subjects": "cat"}'},
-                                 status=400)
-    return web.json_response(tokenize(text, subjects))
+        return web.json_response({"error": 'send JSON like {"text": "a cat and a frog", "subjects": "cat", '
+                                           '"encoder": "clip"} (encoder: "clip" or "t5")'}, status=400)
+    return web.json_response(tokenize(text, subjects, encoder))
 
 
 def register_routes():

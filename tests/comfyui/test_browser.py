@@ -187,6 +187,23 @@ def test_token_picker_follows_typing_and_clicks_write_subjects(ui):
     assert our_errors(ui) == []
 
 
+def test_token_picker_reads_t5_columns_when_the_clip_comes_from_a_flux_text_encoder(ui):
+    drop_workflow(ui, REPO / "example_workflows" / "attend_and_excite_sd15_custom_sampler.json")
+    encoder = node_of(ui, "AttendExciteTextEncode")
+    focus_node(ui, encoder)
+    ui.page.wait_for_function("() => document.querySelector('.ae-tokens .ae-head')?.textContent.includes('CLIP tokens')")
+    assert chips(ui)["crown"][0] == "5"
+    ui.page.evaluate(f"""(id) => {{ const app = {APP}; const encoder = app.graph.getNodeById(id);
+        const loader = window.LiteGraph.createNode("DualCLIPLoader"); app.graph.add(loader);
+        loader.pos = [encoder.pos[0] - 400, encoder.pos[1]];
+        loader.widgets.find(w => w.name === "type").value = "flux";
+        loader.connect(0, encoder, encoder.inputs.findIndex(i => i.name === "clip")); }}""", encoder)
+    ui.page.wait_for_function("() => document.querySelector('.ae-tokens .ae-head')?.textContent.includes('T5 tokens')")
+    assert chips(ui)["crown"][0] == "6"            # "a dog with a crown" on T5: "▁" "a" "▁dog" "▁with" "▁" "a" "▁crown"
+    ui.screenshot("token-picker-t5")
+    assert our_errors(ui) == []
+
+
 # Per example: the node that shows the heatmaps, and every node whose run shows images.
 PREVIEWS = {"attend_and_excite_sd15.json": ("AttendExciteKSampler", {
                 "AttendExciteKSampler": 2, "AttendExciteHeatmapOverlay": 2, "PreviewImage": 1, "SaveImage": 1}),

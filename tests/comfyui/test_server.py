@@ -174,6 +174,16 @@ def test_tokenize_route(server):
     assert answer["error"] is None
 
 
+def test_tokenize_route_reads_t5_columns_for_flux(server):
+    status, answer = server.request("/attend_excite/tokenize", {"text": "a cat and a hedgehog", "encoder": "t5"})
+    assert status == 200 and answer["encoder"] == "t5"
+    assert answer["automatic"] == [{"text": "cat", "positions": [2]}, {"text": "hedgehog", "positions": [6, 7]}]
+    assert answer["tokens"][0] == {"position": 0, "text": "", "kind": "piece"}      # no start token: "▁" "a"
+    _, clip = server.request("/attend_excite/tokenize", {"text": "a cat and a hedgehog", "encoder": "clip"})
+    assert clip["encoder"] == "clip" and clip["automatic"][0] == {"text": "cat", "positions": [2]}
+    assert clip["tokens"][0]["kind"] == "start"
+
+
 def test_tokenize_route_resolves_the_subjects_field_as_the_node_does(server):
     _, answer = server.request("/attend_excite/tokenize", {"text": "a cat and a frog", "subjects": "frog, 2"})
     assert answer["chosen"] == [{"text": "frog", "positions": [5]}, {"text": "cat", "positions": [2]}]
@@ -182,7 +192,7 @@ def test_tokenize_route_resolves_the_subjects_field_as_the_node_does(server):
 
 
 @pytest.mark.parametrize("body, status", [(b"{not json", 400), (b'{"text": 5}', 400), (b"{}", 400), (b"[1]", 400),
-                                          (b'{"text": "a", "subjects": 3}', 400),
+                                          (b'{"text": "a", "subjects": 3}', 400), (b'{"text": "a", "encoder": "g"}', 400),
                                           (b'{"text": "' + b"a" * 70000 + b'"}', 413)])
 def test_tokenize_route_rejects_bad_bodies(server, body, status):
     import urllib.error
