@@ -4,12 +4,15 @@
 
 Each example_workflows/<name>.json gets <name>.jpg: the workflow after a run, as the
 browser showed it (the demo example on the demo model, the others on the random-weight
-mini checkpoints).
+mini checkpoints), or as dropped on the canvas for an example the tests cannot run (Flux).
 """
 import os
 import sys
 
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness.run_example import runs_here  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHOTS = os.path.join(os.environ.get("AE_TEST_OUTPUT", os.path.join(REPO, "out", "tests")), "browser")
@@ -27,7 +30,8 @@ def save_jpeg(source: str, target: str, width: int):
 def main():
     examples = sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "example_workflows")) if f.endswith(".json"))
     for name in examples:
-        shot = os.path.join(SHOTS, f"after-run-{name}.png")
+        shown = "after-run" if runs_here(name) else "example"
+        shot = os.path.join(SHOTS, f"{shown}-{name}.png")
         if not os.path.exists(shot):
             sys.exit(f"no screenshot {shot}: run tests/comfyui/test_browser.py first")
         save_jpeg(shot, os.path.join(REPO, "example_workflows", f"{name}.jpg"), 800)
