@@ -6,6 +6,7 @@ import types
 import pytest
 import torch
 
+import comfy.model_management
 import comfy.samplers
 import comfy.supported_models
 import comfy.text_encoders.flux
@@ -19,6 +20,7 @@ from attend_and_excite.nodes.glue.guidance import GuidancePass, autograd_weights
 from attend_and_excite.nodes.glue.joint import JointAttentionRecorder, joint_blocks
 from attend_and_excite.nodes.glue.sampler import OWN_GRID
 from attend_and_excite.nodes.glue.text import subject_info
+from test_sampling import snapshot
 
 CONTEXT, POOLED = 48, 32
 FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=POOLED, context_in_dim=CONTEXT,
@@ -189,3 +191,46 @@ def test_sd3_subjects_are_read_on_the_clip_columns():
     tokenizer = comfy.text_encoders.sd3_clip.SD3Tokenizer()
     tokenized = tokenizer.tokenize_with_weights("a cat and a frog")
     assert subject_info(tokenizer, tokenized, "cat, frog")["subjects"] == [[2], [5]]
+
+
+@pytest.mark.parametrize("name", ["flux", "sd3"])
+def test_a_batch_is_scored_row_by_row_and_the_model_is_left_as_it_was(name):
+    mmdit = model_of(name)
+    before = snapshot(mmdit.model)
+    positive, negative = conds(mmdit)
+    _, record = support.sample(mmdit.model, "euler", FORCED, positive, negative, torch.zeros(2, 16, 16, 12),
+                               cfg=1.0 if mmdit.flux else 4.0)
+    first = record.logs[0].losses[0]
+    assert len(first) == 2 and first[0] != first[1] and record.maps[0].shape == (2, 2, 8, 6)
+    after = snapshot(mmdit.model)
+    assert before[1] == after[1] and before[2] == after[2]
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert all(p.is_inference() for p in mmdit.model.model.parameters())
+
+
+def test_an_interrupt_in_refinement_restores_flux_and_runs_a_dit_patch_already_there():
+    mmdit = model_of("flux")
+    before = snapshot(mmdit.model)
+    calls = []
+
+    def block_patch(args, extra):      # another node's replacement of a double block
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 2:
+                comfy.model_management.interrupt_current_processing(True)
+        return extra["original_block"](args)
+
+    patched = mmdit.model.clone()
+    patched.set_model_patch_replace(block_patch, "dit", "double_block", 0)
+    positive, negative = conds(mmdit)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            support.sample(patched, "euler", support.forced(thresholds={0: 1.0}, max_refinement=20), positive,
+                           negative, torch.zeros(1, 16, 16, 12), cfg=1.0)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert len(calls) == 2                   # called in the guidance pass; stopped at the next iteration
+    after = snapshot(mmdit.model)
+    assert before[1] == after[1] and before[2] == after[2]
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert all(p.is_inference() for p in mmdit.model.model.parameters())
