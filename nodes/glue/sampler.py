@@ -79,10 +79,12 @@ class GuidedRun:
         kept = family.kept(token_count, info.get("end_columns", []))
         scored = set(kept.tolist())
         for column in (c for s in subjects for c in s):
+            if column >= token_count:
+                raise ValueError(f"token index {column} is outside the conditioning's {token_count} tokens")
             if column not in scored:
-                where = "outside the conditioning's" if column >= token_count else "not one of the scored prompt " \
-                    "tokens (start, end and padding tokens are not scored) among the conditioning's"
-                raise ValueError(f"token index {column} is {where} {token_count} tokens")
+                raise ValueError(f"token index {column} is not one of the tokens the method scores on {family.name} "
+                                 f"(the start token, and on some families the end token and padding, are left out); "
+                                 f"pick a word's position, as the token picker lists them")
         self.schedule: Schedule = build_schedule(settings, len(sigmas) - 1, flow=family.flow)
         self.pending = [j for j in range(self.schedule.steps) if self.schedule.is_guided(j)]
         labels = ["+".join(map(str, c)) for c in settings.token_indices] if settings.token_indices else \

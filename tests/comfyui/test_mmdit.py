@@ -234,3 +234,20 @@ def test_an_interrupt_in_refinement_restores_flux_and_runs_a_dit_patch_already_t
     assert before[1] == after[1] and before[2] == after[2]
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
     assert all(p.is_inference() for p in mmdit.model.model.parameters())
+
+
+def test_token_positions_are_checked_against_the_columns_each_family_scores():
+    flux = model_of("flux")
+    _, record = run(flux, settings=support.forced(token_indices=((0,), (5,))))     # T5: no start token
+    assert record.labels == ["0", "5"] and record.logs
+    with pytest.raises(ValueError, match="token index 9 is not one of the tokens the method scores on Flux.1"):
+        run(flux, settings=support.forced(token_indices=((2,), (9,))))             # after T5's end token
+    with torch.inference_mode():
+        sd1 = support.tiny_model(seed=3)
+    positive, negative = support.conditionings()
+    with pytest.raises(ValueError, match="token index 0 is not one of the tokens the method scores on SD1.x"):
+        support.sample(sd1, "euler", support.forced(token_indices=((0,), (5,))), positive, negative,
+                       torch.zeros(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="token index 80 is outside the conditioning's 77 tokens"):
+        support.sample(sd1, "euler", support.forced(token_indices=((2,), (80,))), positive, negative,
+                       torch.zeros(1, 4, 8, 8))
