@@ -12,7 +12,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from attend_and_excite.nodes.core.tokens import EMBEDDING, PIECE, SubjectError, resolve_subjects, words
-from attend_and_excite.nodes.glue.routes import tokenize, tokenize_route
+from attend_and_excite.nodes.glue.routes import ENCODERS, tokenize, tokenize_route
 from support import QUICK, tokens_of
 
 WORDS = ["cat", "frog", "a", "and", "red", "porcupine", "with", "the", "embedding:foo", "(dog:1.3)", "[bird]",
@@ -42,12 +42,12 @@ def test_any_prompt_resolves_to_its_own_words_or_a_subject_error(tokenizer, text
 
 
 @QUICK
-@given(text=st.text(max_size=300), subjects=st.text(max_size=60))
-@example(text="a cat", subjects="²")          # a digit to str.isdigit, not to int()
-def test_the_route_answers_any_text_and_subjects_field(text, subjects):
-    answer = tokenize(text, subjects)
-    assert set(answer) == {"tokens", "words", "automatic", "chosen", "error"}
-    assert (answer["error"] is None) or answer["chosen"] == []
+@given(text=st.text(max_size=300), subjects=st.text(max_size=60), encoder=st.sampled_from(ENCODERS))
+@example(text="a cat", subjects="²", encoder="clip")          # a digit to str.isdigit, not to int()
+def test_the_route_answers_any_text_and_subjects_field(text, subjects, encoder):
+    answer = tokenize(text, subjects, encoder)
+    assert set(answer) == {"tokens", "words", "automatic", "chosen", "error", "encoder"}
+    assert answer["encoder"] == encoder and ((answer["error"] is None) or answer["chosen"] == [])
 
 
 def request_with_body(data: bytes, piece: int = 100) -> types.SimpleNamespace:
