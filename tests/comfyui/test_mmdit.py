@@ -193,6 +193,14 @@ def test_sd3_subjects_are_read_on_the_clip_columns():
     assert subject_info(tokenizer, tokenized, "cat, frog")["subjects"] == [[2], [5]]
 
 
+def assert_left_as_it_was(patcher, before):
+    """Weights, the parameter objects and the options as snapshot() saw them; inference tensors still."""
+    after = snapshot(patcher)
+    assert before[1] == after[1] and before[2] == after[2]
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert all(p.is_inference() for p in patcher.model.parameters())
+
+
 @pytest.mark.parametrize("name", ["flux", "sd3"])
 def test_a_batch_is_scored_row_by_row_and_the_model_is_left_as_it_was(name):
     mmdit = model_of(name)
@@ -202,10 +210,7 @@ def test_a_batch_is_scored_row_by_row_and_the_model_is_left_as_it_was(name):
                                cfg=1.0 if mmdit.flux else 4.0)
     first = record.logs[0].losses[0]
     assert len(first) == 2 and first[0] != first[1] and record.maps[0].shape == (2, 2, 8, 6)
-    after = snapshot(mmdit.model)
-    assert before[1] == after[1] and before[2] == after[2]
-    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
-    assert all(p.is_inference() for p in mmdit.model.model.parameters())
+    assert_left_as_it_was(mmdit.model, before)
 
 
 def test_an_interrupt_in_refinement_restores_flux_and_runs_a_dit_patch_already_there():
@@ -230,10 +235,7 @@ def test_an_interrupt_in_refinement_restores_flux_and_runs_a_dit_patch_already_t
     finally:
         comfy.model_management.interrupt_current_processing(False)
     assert len(calls) == 2                   # called in the guidance pass; stopped at the next iteration
-    after = snapshot(mmdit.model)
-    assert before[1] == after[1] and before[2] == after[2]
-    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
-    assert all(p.is_inference() for p in mmdit.model.model.parameters())
+    assert_left_as_it_was(mmdit.model, before)
 
 
 def test_token_positions_are_checked_against_the_columns_each_family_scores():
