@@ -43,9 +43,13 @@ def import_package():
 
 def initialise(module: torch.nn.Module, seed: int, noise: float = 0.02):
     """comfy.ops layers start uninitialised: give every weight a seeded value, with no
-    exact zeros (zero-initialised projections would hide whole paths from a test)."""
+    exact zeros (zero-initialised projections would hide whole paths from a test); float
+    buffers too (MMDiT's positional table is one, left as torch.empty made it)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        for tensor in module.buffers():
+            if tensor.dtype.is_floating_point and tensor.numel():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * noise)
         for name, tensor in module.named_parameters():
             if tensor.dtype.is_floating_point and tensor.numel():
                 fresh = torch.randn(tensor.shape, generator=generator) * noise
@@ -66,14 +70,28 @@ TINY_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=32
                  dtype=torch.float32)
 
 
+# Flux.1's values of the FluxParams fields that newer ComfyUI requires (0.33.0: txt_ids_dims).
+FLUX1_PARAMS = {"txt_ids_dims": []}
+
+
+def for_this_comfyui(config: dict) -> dict:
+    """A Flux config with the fields the running ComfyUI's FluxParams requires; others as they are."""
+    if config.get("image_model") != "flux":
+        return dict(config)
+    import dataclasses
+    import comfy.ldm.flux.model
+    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+    return {**{k: v for k, v in FLUX1_PARAMS.items() if k in fields}, **config}
+
+
 def tiny_model(seed: int = 0, config: dict = TINY_UNET, family: str = "SD15", model_type=None):
-    """A ModelPatcher around a small random UNet made by ComfyUI's config class `family`
-    (comfy.supported_models: SD15, SD20, SDXL, ...); model_type overrides its EPS default."""
+    """A ModelPatcher around a small random UNet (or MMDiT) made by ComfyUI's config class `family`
+    (comfy.supported_models: SD15, SD20, SDXL, SD3, Flux, ...); model_type overrides its default."""
     import comfy.model_base
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
-    model_config = getattr(comfy.supported_models, family)(dict(config))
+    model_config = getattr(comfy.supported_models, family)(for_this_comfyui(config))
     model = model_config.get_model({}) if model_type is None else \
         comfy.model_base.BaseModel(model_config, model_type=model_type)
     initialise(model.diffusion_model, seed)

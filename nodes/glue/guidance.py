@@ -7,6 +7,7 @@ import logging
 import torch
 
 import comfy.ldm.modules.attention
+import comfy.model_management
 import comfy.samplers
 
 from ..core.excite import Evaluation
@@ -68,6 +69,20 @@ def with_backward_attention(model_options: dict) -> dict:
             func = comfy.ldm.modules.attention.attention_pytorch
         return previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
     return {**model_options, "transformer_options": {**transformer_options, "optimized_attention_override": override}}
+
+
+@contextlib.contextmanager
+def differentiable_paths():
+    """ComfyUI's own switch for differentiable code paths (newer releases: `in_training`), on
+    for the guidance pass: otherwise some kernels have no backward (comfy_kitchen's RoPE in Flux)."""
+    if not hasattr(comfy.model_management, "in_training"):
+        yield
+        return
+    previous, comfy.model_management.in_training = comfy.model_management.in_training, True
+    try:
+        yield
+    finally:
+        comfy.model_management.in_training = previous
 
 
 def control_modules(entry: dict) -> list[torch.nn.Module]:
@@ -145,7 +160,7 @@ class GuidancePass:
         """(loss (B,), peaks (B, S), maps (B, S, h, w)), differentiable in leaf."""
         self.recorder.reset(leaf.shape)
         try:
-            with self.saved:
+            with self.saved, differentiable_paths():
                 comfy.samplers.calc_cond_batch(self.base_model, self.conds, leaf, sigma, self.model_options)
         except ForwardDone:
             pass

@@ -50,7 +50,9 @@ def run(family, sampler_name, settings=FORCED, **options):
 
 def bare_config(name: str):
     """A model as detection sees it: ComfyUI's config class with its latent format."""
-    return types.SimpleNamespace(model_config=getattr(comfy.supported_models, name)({"in_channels": 4}))
+    # hidden_size: newer Flux.2 configs read it when they are made
+    return types.SimpleNamespace(model_config=getattr(comfy.supported_models, name)({"in_channels": 4,
+                                                                                    "hidden_size": 3072}))
 
 
 @pytest.mark.parametrize("config, family", [
