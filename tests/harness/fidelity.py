@@ -1,12 +1,19 @@
-"""The fidelity benchmark on the demo model: how often both subjects of a two-subject
-prompt appear with the stock KSampler, with the Attend-and-Excite KSampler, with the
-steering probe (the stock KSampler on a model whose cross-attention multiplies the two
-shape words' attention by PROBE_FACTOR and renormalises) and with the attention boost at
-its defaults, on the same seeds and settings.
+"""The fidelity benchmark on the demo model, on the same seeds and settings for every sampler.
 
-    python tests/harness/fidelity.py [--weights FILE] [--seeds N] [--stride N] [--out DIR]
+Two-subject prompts ('a red circle and a blue square'), per image and subject: the subject's
+*kind* present whatever its colour (neglect, what Attend-and-Excite targets), the kind *in its
+colour* (binding), and per image the *damage* (regions beyond the shapes asked for, or a
+background that is not flat). Samplers: the stock KSampler (plain); the Attend-and-Excite
+KSampler at the paper's defaults; the steering probe (the stock KSampler on a model whose
+cross-attention multiplies the two kind words' attention by PROBE_FACTOR and renormalises);
+the attention boost at its defaults; and Attend-and-Excite's scale curve. Also the one-shape
+prompts (drawn as asked, per colour and per kind) and the presence signal: each subject's
+peak as the loss reads it, at every guided step of plain sampling, for subjects whose shape
+appears in the end and for those that go missing.
 
-Writes fidelity.json, fidelity.md (the table) and fidelity_grid.jpg to --out.
+    python tests/harness/fidelity.py [--weights FILE] [--seeds N] [--images N] [--stride N] [--out DIR]
+
+Writes fidelity.json, fidelity.md (the tables) and fidelity_grid.jpg to --out.
 """
 import argparse
 import json
@@ -23,10 +30,27 @@ from support import REPO, import_comfy, import_package  # noqa: E402
 
 SAMPLING = dict(steps=25, cfg=5.0, sampler_name="euler", scheduler="normal", size=128)
 BOOTSTRAP = 2000
-
-
 SAMPLERS = ("plain", "attend_and_excite", "probe", "boost")
+SCALE_CURVE = (1.0, 5.0, 10.0)     # and the paper's 20, the attend_and_excite row
 PROBE_FACTOR = 3.0
+
+
+def prompt_of(subjects: list[str]) -> str:
+    return " and ".join(f"a {s}" for s in subjects)
+
+
+def guidance_for(sampler: str, guidance: dict | None = None) -> dict | None:
+    """The Attend-and-Excite KSampler's inputs for a sampler that runs it, None for the others:
+    plain runs it at scale 0 with no refinement (the stock KSampler's result, bit for bit, and
+    the log of the peaks the loss would read); "scale=S" is the paper's settings at scale S."""
+    from attend_and_excite.nodes.parameters import default_inputs
+    if sampler == "plain":
+        return dict(default_inputs(), scale_factor=0.0, thresholds="")
+    if sampler == "attend_and_excite":
+        return guidance or default_inputs()
+    if sampler.startswith("scale="):
+        return dict(guidance or default_inputs(), scale_factor=float(sampler[len("scale="):]))
+    return None
 
 
 def sampler_model(model, sampler: str, subjects: str):
@@ -40,63 +64,176 @@ def sampler_model(model, sampler: str, subjects: str):
     return AttendExciteAttentionBoost.execute(model, **inputs).result[0]
 
 
-def sample(model, clip, vae, pair: tuple, seed: int, images: int, sampler: str, sampling=SAMPLING,
-           guidance=None) -> torch.Tensor:
-    """(images, 3, H, W) in [0, 1]: one batch from one seed, row i the same noise for every sampler;
-    attend_and_excite with the node's inputs `guidance` (default: the paper's settings). The
-    subjects are the two shape words."""
+def sample(model, clip, vae, subjects: list[str], seed: int, images: int, sampler: str, sampling=SAMPLING,
+           guidance=None) -> tuple[torch.Tensor, object]:
+    """((images, 3, H, W) in [0, 1], the Attend-and-Excite record or None): one batch from one
+    seed, row i the same noise for every sampler; the subjects' kind words are the subjects."""
     import nodes
     from attend_and_excite.nodes.demo.shapes import word_columns
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
-    from attend_and_excite.nodes.parameters import default_inputs
     from attend_and_excite.nodes.text_encode import AttendExciteTextEncode
-    text = f"a {pair[0]} and a {pair[1]}"
     size = sampling["size"] // 8
     latent = {"samples": torch.zeros(images, 4, size, size)}
     args = (seed, sampling["steps"], sampling["cfg"], sampling["sampler_name"], sampling["scheduler"])
+    inputs = guidance_for(sampler, guidance)
+    record = None
     with torch.inference_mode():
         negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-        positive = AttendExciteTextEncode.execute(clip, text, ", ".join(p.split()[1] for p in pair)).result[0]
-        if sampler == "attend_and_excite":
-            samples = AttendExciteKSampler.execute(model, *args, positive, negative, latent, 1.0,
-                                                   **(guidance or default_inputs())).result[0]
+        kinds = ", ".join(s.split()[-1] for s in subjects)
+        positive = AttendExciteTextEncode.execute(clip, prompt_of(subjects), kinds).result[0]
+        if inputs is not None:
+            result = AttendExciteKSampler.execute(model, *args, positive, negative, latent, 1.0, **inputs).result
+            samples, record = result[0], result[3]
         else:
-            if sampler != "plain":
-                model = sampler_model(model, sampler, ",".join(str(word_columns(n)[1]) for n in range(2)))
-            samples = nodes.common_ksampler(model, *args, positive, negative, latent)[0]
-        return vae.decode(samples["samples"]).movedim(-1, 1).clamp(0, 1)
+            kind_columns = ",".join(str(word_columns(n)[1]) for n in range(len(subjects)))
+            samples = nodes.common_ksampler(sampler_model(model, sampler, kind_columns), *args, positive, negative,
+                                            latent)[0]
+        return vae.decode(samples["samples"]).movedim(-1, 1).clamp(0, 1), record
 
 
-def presence(pair: tuple, images: torch.Tensor) -> list[list[bool]]:
-    from attend_and_excite.nodes.demo.detector import present
-    return [present(list(pair), image) for image in images]
+def guided_peaks(record) -> torch.Tensor:
+    """(B, S, guided steps): each subject's peak at each guided step, as the step's first
+    evaluation read it (before that step moved the latent)."""
+    return torch.tensor([log.peaks[0] for log in record.logs]).permute(1, 2, 0)
 
 
-def rate_with_interval(hits: list[bool], seed: int = 0) -> dict:
-    """The rate and its bootstrap 95% interval (percentile, BOOTSTRAP resamples)."""
-    values = torch.tensor(hits, dtype=torch.float32)
+def interval(values: list[float], seed: int = 0) -> dict:
+    """The mean and its percentile-bootstrap 95% interval (BOOTSTRAP resamples)."""
+    values = torch.tensor(values, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
     draws = values[torch.randint(len(values), (BOOTSTRAP, len(values)), generator=generator)].mean(dim=1)
     low, high = torch.quantile(draws, torch.tensor([0.025, 0.975])).tolist()
     return {"rate": values.mean().item(), "low": low, "high": high}
 
 
-def summarise(found: list[list[bool]]) -> dict:
-    return {"images": len(found), "both": rate_with_interval([all(f) for f in found]),
-            "first": rate_with_interval([f[0] for f in found]), "second": rate_with_interval([f[1] for f in found]),
-            "any": rate_with_interval([any(f) for f in found])}
+def summarise(scores: list) -> dict:
+    """Rates over two-subject pictures' scores (nodes/demo/detector.Score), with intervals."""
+    return {"images": len(scores),
+            "both_kinds": interval([all(s.kinds) for s in scores]),
+            "any_kind": interval([any(s.kinds) for s in scores]),
+            "first_kind": interval([s.kinds[0] for s in scores]),
+            "second_kind": interval([s.kinds[1] for s in scores]),
+            "both_bound": interval([all(s.bound) for s in scores]),
+            "damaged": interval([s.damaged for s in scores]),
+            "extra_regions": interval([s.extra for s in scores]),
+            "unflat_background": interval([s.unflat_background for s in scores])}
 
 
-def table(results: dict) -> str:
-    def cell(r):
-        return f"{100 * r['rate']:.1f}% [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
-    lines = ["| sampler | images | both subjects | first subject | second subject | at least one |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for name in SAMPLERS:
-        r = results[name]
-        lines.append(f"| {name.replace('_', '-')} | {r['images']} | {cell(r['both'])} | {cell(r['first'])} | "
-                     f"{cell(r['second'])} | {cell(r['any'])} |")
-    return "\n".join(lines)
+def auc(positive: list[float], negative: list[float]) -> float | None:
+    """P(a positive scores above a negative), ties counting half (ROC AUC); None without both."""
+    if not positive or not negative:
+        return None
+    pos, neg = torch.tensor(positive)[:, None], torch.tensor(negative)[None, :]
+    return ((pos > neg).float() + 0.5 * (pos == neg).float()).mean().item()
+
+
+def presence_signal(peaks: list[torch.Tensor], scores: list) -> dict:
+    """peaks: (S, steps) per picture from plain sampling; scores: the picture's. The peaks of
+    subjects whose kind appears in the end against those whose kind goes missing."""
+    present, missing = [], []
+    for picture, score in zip(peaks, scores):
+        for subject_peaks, shown in zip(picture, score.kinds):
+            (present if shown else missing).append(subject_peaks)
+    by_step = [{"present": torch.stack(present)[:, i].mean().item() if present else None,
+                "missing": torch.stack(missing)[:, i].mean().item() if missing else None,
+                "auc": auc([p[i].item() for p in present], [m[i].item() for m in missing])}
+               for i in range(peaks[0].shape[-1])] if peaks else []
+    mean_present = [p.mean().item() for p in present]
+    mean_missing = [m.mean().item() for m in missing]
+    return {"present_subjects": len(present), "missing_subjects": len(missing),
+            "mean_peak_present": sum(mean_present) / len(mean_present) if present else None,
+            "mean_peak_missing": sum(mean_missing) / len(mean_missing) if missing else None,
+            "auc": auc(mean_present, mean_missing), "by_step": by_step}
+
+
+def single_shapes(model, clip, vae, seeds: list[int], images_per_seed: int, sampling=SAMPLING) -> dict:
+    """One-shape prompts, plain sampling: drawn as asked (that kind in that colour, nothing
+    else), overall, per colour and per kind."""
+    from attend_and_excite.nodes.demo.detector import DAMAGED_BACKGROUND, score
+    from attend_and_excite.nodes.demo.shapes import COLOURS, SHAPES
+    asked = {}
+    for colour in COLOURS:
+        for kind in SHAPES:
+            subject = f"{colour} {kind}"
+            pictures = torch.cat([sample(model, clip, vae, [subject], seed, images_per_seed, "plain", sampling)[0]
+                                  for seed in seeds])
+            asked[subject] = [score([subject], p) for p in pictures]
+    def rate(subjects):
+        return interval([s.bound[0] and s.extra == 0 for subject in subjects for s in asked[subject]])
+    return {"images": sum(len(v) for v in asked.values()),
+            "as_asked": rate(list(asked)),
+            "kind_right": interval([s.kinds[0] for v in asked.values() for s in v]),
+            "flat_background": interval([s.unflat_background <= DAMAGED_BACKGROUND for v in asked.values() for s in v]),
+            "by_colour": {c: rate([s for s in asked if s.startswith(c + " ")]) for c in COLOURS},
+            "by_kind": {k: rate([s for s in asked if s.endswith(" " + k)]) for k in SHAPES}}
+
+
+def measure(model, clip, vae, pairs: list[tuple], seeds: list[int], images_per_seed: int, sampling=SAMPLING,
+            samplers=SAMPLERS, scales=SCALE_CURVE, guidance=None, log=print) -> tuple[dict, dict]:
+    """({"samplers": {name: summary}, "scale_curve": {scale: summary}, "presence": ...,
+    "per_prompt": [...]}, pictures by (pair, sampler))."""
+    from attend_and_excite.nodes.demo.detector import score
+    runs = [*samplers, *(f"scale={s:g}" for s in scales)]
+    scores = {name: [] for name in runs}
+    plain_peaks, pictures, per_prompt = [], {}, []
+    for number, pair in enumerate(pairs):
+        row = {"prompt": prompt_of(pair)}
+        for name in runs:
+            batch, peaks = [], []
+            for seed in seeds:
+                images, record = sample(model, clip, vae, list(pair), seed, images_per_seed, name, sampling, guidance)
+                batch.append(images)
+                if name == "plain":
+                    peaks.append(guided_peaks(record))
+            pictures[pair, name] = batch = torch.cat(batch)
+            found = [score(list(pair), image) for image in batch]
+            scores[name] += found
+            if name == "plain":
+                plain_peaks += list(torch.cat(peaks))
+            row[name] = {"both_kinds": sum(all(s.kinds) for s in found), "both_bound": sum(all(s.bound) for s in found),
+                         "damaged": sum(s.damaged for s in found)}
+        per_prompt.append(row)
+        log(f"{number + 1}/{len(pairs)} {row['prompt']}: both kinds present " +
+            ", ".join(f"{name} {row[name]['both_kinds']}/{len(batch)}" for name in runs))
+    results = {"samplers": {name: summarise(scores[name]) for name in samplers},
+               "scale_curve": {name[len("scale="):]: summarise(scores[name]) for name in runs if "=" in name},
+               "per_prompt": per_prompt}
+    if "plain" in samplers:
+        results["presence"] = presence_signal(plain_peaks, scores["plain"])
+    return results, pictures
+
+
+def percent(r: dict) -> str:
+    return f"{100 * r['rate']:.1f}% [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+
+
+def tables(results: dict) -> str:
+    """The benchmark's tables in Markdown."""
+    head = ["| sampler | images | both kinds (neglect) | at least one kind | both bound (binding) | damaged | "
+            "extra regions | unflat background |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    def line(name, r):
+        return (f"| {name} | {r['images']} | {percent(r['both_kinds'])} | {percent(r['any_kind'])} | "
+                f"{percent(r['both_bound'])} | {percent(r['damaged'])} | {r['extra_regions']['rate']:.2f} | "
+                f"{100 * r['unflat_background']['rate']:.1f}% |")
+    rows = [line(name.replace("_", "-"), r) for name, r in results["samplers"].items()]
+    rows += [line(f"attend-and-excite, scale {scale}", r) for scale, r in results["scale_curve"].items()]
+    text = "\n".join(head + rows)
+    if "single_shapes" in results:
+        s = results["single_shapes"]
+        text += (f"\n\nOne-shape prompts ({s['images']} images): drawn as asked {percent(s['as_asked'])}, kind right "
+                 f"{percent(s['kind_right'])}, background flat {percent(s['flat_background'])}; per colour " +
+                 ", ".join(f"{c} {100 * r['rate']:.0f}%" for c, r in s["by_colour"].items()) + "; per kind " +
+                 ", ".join(f"{k} {100 * r['rate']:.0f}%" for k, r in s["by_kind"].items()) + ".")
+    if "presence" in results:
+        p = results["presence"]
+        def value(v, form="{:.2f}"):
+            return "-" if v is None else form.format(v)
+        text += (f"\n\nPresence signal (plain sampling, {p['present_subjects']} present and {p['missing_subjects']} "
+                 f"missing subjects): mean peak over the guided steps {value(p['mean_peak_present'])} present, "
+                 f"{value(p['mean_peak_missing'])} missing, AUC {value(p['auc'])}; per guided step (present / missing "
+                 "/ AUC): " + ", ".join(f"{i}: {value(s['present'])} / {value(s['missing'])} / {value(s['auc'])}"
+                                        for i, s in enumerate(p["by_step"])) + ".")
+    return text
 
 
 def grid(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -105,32 +242,13 @@ def grid(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([torch.cat(list(r), dim=2) for r in padded], dim=1)
 
 
-def measure(model, clip, vae, pairs: list[tuple], seeds: list[int], images_per_seed: int,
-            sampling=SAMPLING, guidance=None, log=print) -> tuple[dict, dict]:
-    """({sampler: summary, "per_prompt": ...}, pictures by (pair, sampler))."""
-    found = {name: [] for name in SAMPLERS}
-    pictures, per_prompt = {}, []
-    for number, pair in enumerate(pairs):
-        row = {"prompt": f"a {pair[0]} and a {pair[1]}"}
-        for name in SAMPLERS:
-            batch = torch.cat([sample(model, clip, vae, pair, seed, images_per_seed, name, sampling, guidance)
-                               for seed in seeds])
-            pictures[pair, name] = batch
-            hits = presence(pair, batch)
-            found[name] += hits
-            row[name] = sum(all(h) for h in hits) / len(hits)
-        per_prompt.append(row)
-        log(f"{number + 1}/{len(pairs)} {row['prompt']}: both present " +
-            ", ".join(f"{name} {row[name]:.2f}" for name in SAMPLERS))
-    return {**{name: summarise(found[name]) for name in SAMPLERS}, "per_prompt": per_prompt}, pictures
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", help="default: the package's demo weights")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per prompt")
     parser.add_argument("--images", type=int, default=8, help="images per seed (one batch)")
     parser.add_argument("--stride", type=int, default=1, help="every Nth prompt only (default: all 36)")
+    parser.add_argument("--no-scale-curve", action="store_true")
     parser.add_argument("--out", default=os.path.join(REPO, "out", "fidelity"))
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for ComfyUI's default GPU")
     args = parser.parse_args()
@@ -138,15 +256,18 @@ def main():
     import_package()
     from attend_and_excite.nodes.demo.shapes import subject_pairs
     from attend_and_excite.nodes.demo import model as demo_model
+    from attend_and_excite.nodes.demo.detector import DAMAGED_BACKGROUND
     from attend_and_excite.nodes.parameters import default_inputs
     from attend_and_excite.nodes.boost import default_inputs as boost_inputs
     from PIL import Image
     model, clip, vae = demo_model.load(args.weights or demo_model.WEIGHTS)
     pairs, seeds = subject_pairs()[::args.stride], list(range(args.seeds))
     started = time.time()
-    results, pictures = measure(model, clip, vae, pairs, seeds, args.images)
+    results, pictures = measure(model, clip, vae, pairs, seeds, args.images,
+                                scales=() if args.no_scale_curve else SCALE_CURVE)
+    results["single_shapes"] = single_shapes(model, clip, vae, seeds, args.images)
     results["settings"] = {"sampling": SAMPLING, "guidance": default_inputs(), "probe_factor": PROBE_FACTOR,
-                           "boost": boost_inputs(),
+                           "boost": boost_inputs(), "damaged_background": DAMAGED_BACKGROUND,
                            "prompts": len(pairs), "seeds": seeds,
                            "images_per_seed": args.images, "bootstrap_resamples": BOOTSTRAP,
                            "seconds": round(time.time() - started)}
@@ -154,12 +275,12 @@ def main():
     with open(os.path.join(args.out, "fidelity.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(args.out, "fidelity.md"), "w") as f:
-        f.write(table(results) + "\n")
+        f.write(tables(results) + "\n")
     shown = pairs[:: max(1, len(pairs) // 6)][:6]
     rows = [pictures[pair, name][:8] for pair in shown for name in SAMPLERS]
     picture = (grid(rows) * 255).round().byte().permute(1, 2, 0).numpy()
     Image.fromarray(picture).save(os.path.join(args.out, "fidelity_grid.jpg"), quality=90)
-    print(table(results))
+    print(tables(results))
     print(f"{len(pairs)} prompts x {len(seeds)} seeds x {args.images} images in {time.time() - started:.0f} s; "
           f"written to {args.out}")
 

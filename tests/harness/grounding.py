@@ -27,7 +27,7 @@ def token_columns() -> dict:
     """Token kind -> [(context column, the shape it is scored against)] of a two-shape caption."""
     from attend_and_excite.nodes.demo.shapes import word_columns
     end = word_columns(1)[1] + 1
-    return {"shape word": [(word_columns(n)[1], n) for n in range(2)],
+    return {"kind word": [(word_columns(n)[1], n) for n in range(2)],
             "colour word": [(word_columns(n)[0], n) for n in range(2)],
             "end token": [(end, n) for n in range(2)],
             "padding": [(PADDING_COLUMN, n) for n in range(2)]}
