@@ -13,6 +13,7 @@ const STYLE = `
   border: 1px solid #555; border-radius: 4px; background: #2a2a2a; cursor: pointer; user-select: none; }
 .ae-tokens .ae-word.ae-chosen { background: #2f6f3a; border-color: #6fdc82; color: #fff; }
 .ae-tokens .ae-word.ae-auto { border-style: dashed; }
+.ae-tokens .ae-word.ae-modifier { border-color: #d9a441; }
 .ae-tokens .ae-word.ae-inert { cursor: default; opacity: .45; }
 .ae-tokens .ae-piece + .ae-piece { border-left: 1px solid #888; padding-left: 2px; }
 .ae-tokens .ae-pos { font-size: 10px; opacity: .65; }
@@ -69,12 +70,16 @@ export function toggleSubject(subjects, chosen, word) {
 function render(container, answer, subjects, onToggle) {
   container.replaceChildren();
   const chosen = new Set(answer.chosen.flatMap((c) => c.positions));
+  // Each modifier's positions -> the subject it describes (what the binding losses pair).
+  const described = new Map(answer.chosen.flatMap((c) =>
+    (c.modifiers ?? []).flatMap((m) => m.positions.map((p) => [p, c.text]))));
+  const pairs = answer.chosen.flatMap((c) => (c.modifiers ?? []).map((m) => `${m.text}→${c.text}`));
   const automatic = !splitItems(subjects).length;
   const head = document.createElement("div");
   head.className = "ae-head";
   const count = answer.tokens.filter((t) => t.kind !== "start" && t.kind !== "end").length;
   head.textContent = `${count} ${answer.encoder === "t5" ? "T5" : "CLIP"} tokens · click words to choose subjects` +
-    (automatic ? " (now: automatic)" : "");
+    (automatic ? " (now: automatic)" : "") + (pairs.length ? ` · pairs: ${pairs.join(", ")}` : "");
   container.append(head);
   const pieces = new Map(answer.tokens.map((t) => [t.position, t.text]));
   for (const word of answer.words) {
@@ -96,6 +101,11 @@ function render(container, answer, subjects, onToggle) {
       chip.classList.add("ae-inert");
     } else {
       if (word.positions.some((p) => chosen.has(p))) chip.classList.add("ae-chosen", ...(automatic ? ["ae-auto"] : []));
+      const noun = described.get(word.positions[0]);
+      if (noun !== undefined) {
+        chip.classList.add("ae-modifier");
+        chip.title += ` · modifies ${noun}`;
+      }
       chip.addEventListener("pointerdown", (event) => event.stopPropagation());
       chip.addEventListener("click", (event) => {
         event.stopPropagation();

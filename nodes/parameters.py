@@ -1,8 +1,9 @@
 """The Attend-and-Excite inputs and types shared by the nodes, and their parsing."""
 from comfy_api.latest import io
 
-from .core.schedule import format_thresholds, parse_thresholds
-from .core.settings import DEFAULTS, Settings
+from .core.losses import LOSSES
+from .core.schedule import AUTO, format_thresholds, parse_thresholds
+from .core.settings import DEFAULTS, LOSS_THRESHOLDS, Settings
 from .core.tokens import parse_token_indices
 
 CATEGORY = "sampling/attend_and_excite"
@@ -15,9 +16,12 @@ def guidance_inputs() -> list:
         io.Int.Input("steps_to_alter", default=DEFAULTS.steps_to_alter, min=0, max=10000,
                      tooltip="Guided steps that move the latent (steps 0 .. n-1), written for schedule_steps "
                              "steps. The paper: 25 of 50."),
-        io.String.Input("thresholds", default=format_thresholds(DEFAULTS.thresholds),
+        io.String.Input("thresholds", default=AUTO,
                         tooltip="step:threshold pairs. At each listed step, refinement repeats gradient steps "
-                                "until every subject's peak attention reaches the threshold. Empty: no refinement."),
+                                "until every subject's peak attention reaches the threshold (divide_and_bind: its "
+                                "total variation). Empty: no refinement. auto: the loss's own ("
+                                + "; ".join(f"{name} {format_thresholds(t) or 'none'}" for name, t in
+                                            LOSS_THRESHOLDS.items()) + ")."),
         io.Int.Input("max_refinement", default=DEFAULTS.max_refinement, min=0, max=1000,
                      tooltip="At most this many refinement iterations at a threshold step."),
         io.Float.Input("scale_factor", default=DEFAULTS.scale_factor, min=0.0, max=1000.0, step=0.1,
@@ -45,9 +49,19 @@ def guidance_inputs() -> list:
     ]
 
 
+def loss_input():
+    """Last on both nodes, so workflows saved before it load their widgets unchanged."""
+    return io.Combo.Input("loss", options=list(LOSSES), default=DEFAULTS.loss, optional=True,
+                          tooltip="What the latent is optimised for. attend_and_excite: every subject's peak "
+                                  "(neglect). syngen: each modifier's map onto its noun's, apart from the other "
+                                  "words (binding; needs modifiers, e.g. 'a red circle'). divide_and_bind: each "
+                                  "subject spread over several regions, modifiers bound to their nouns. a_star: "
+                                  "the subjects' maps kept apart and kept in place from step to step.")
+
+
 def default_inputs() -> dict:
     """The guidance inputs as a new node has them: the paper's settings."""
-    return {entry.id: entry.default for entry in guidance_inputs()}
+    return {entry.id: entry.default for entry in guidance_inputs() + [loss_input()]}
 
 
 def validate_guidance(thresholds: str, token_indices: str) -> bool | str:
@@ -60,9 +74,10 @@ def validate_guidance(thresholds: str, token_indices: str) -> bool | str:
 
 
 def settings_from(steps_to_alter, thresholds, max_refinement, scale_factor, scale_start, scale_end,
-                  smoothing_kernel, smoothing_sigma, schedule_steps, token_indices="", map_level="auto") -> Settings:
+                  smoothing_kernel, smoothing_sigma, schedule_steps, token_indices="", map_level="auto",
+                  loss=DEFAULTS.loss) -> Settings:
     return Settings(steps_to_alter=steps_to_alter, thresholds=parse_thresholds(thresholds),
                     max_refinement=max_refinement, scale_factor=scale_factor,
                     scale_range=(scale_start, scale_end), kernel_size=smoothing_kernel,
                     smoothing_sigma=smoothing_sigma, schedule_steps=schedule_steps,
-                    token_indices=parse_token_indices(token_indices), map_level=MAP_LEVELS[map_level])
+                    token_indices=parse_token_indices(token_indices), map_level=MAP_LEVELS[map_level], loss=loss)

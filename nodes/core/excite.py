@@ -15,11 +15,21 @@ class Evaluation:
     loss: torch.Tensor                       # (B,), detached
     peaks: torch.Tensor                      # (B, S), detached
     gradient: Callable[[], torch.Tensor]     # d loss.sum() / d x, made when asked for
+    indicator: Optional[torch.Tensor] = None   # (B,), what thresholds are compared with; None: the loss
+    terms: dict = field(default_factory=dict)  # the loss's terms, name -> (B,), detached
 
     @classmethod
-    def of(cls, leaf: torch.Tensor, loss: torch.Tensor, peaks: torch.Tensor) -> "Evaluation":
+    def of(cls, leaf: torch.Tensor, loss: torch.Tensor, peaks: torch.Tensor, indicator=None,
+           terms: Optional[dict] = None) -> "Evaluation":
         """From a differentiable loss of `leaf`: autograd runs only if the gradient is asked for."""
-        return cls(loss.detach(), peaks.detach(), lambda: torch.autograd.grad(loss.sum(), leaf)[0])
+        return cls(loss.detach(), peaks.detach(), lambda: torch.autograd.grad(loss.sum(), leaf)[0],
+                   None if indicator is None else indicator.detach(),
+                   {name: term.detach() for name, term in (terms or {}).items()})
+
+
+def peak_unmet(at: Evaluation, threshold: float) -> torch.Tensor:
+    """Attend-and-Excite's refinement test, as the reference: the loss above 1 - threshold."""
+    return at.loss > max(0.0, 1.0 - threshold)
 
 
 # evaluate(x) -> the loss and peaks at x, and their gradient with respect to x.
@@ -33,17 +43,28 @@ class StepLog:
     peaks: list = field(default_factory=list)         # one (B, S) list per evaluation
     refinement_iterations: list = field(default_factory=list)   # (B,)
     skipped_updates: int = 0   # row updates left out because their gradient was not finite
+    terms: dict = field(default_factory=dict)         # the loss's terms: name -> one (B,) list per evaluation
 
     @classmethod
-    def read(cls, step: int, losses: list, peaks: list, iterations: torch.Tensor, skipped: torch.Tensor):
-        """The log from the step's device tensors, in one transfer to the host."""
+    def read(cls, step: int, losses: list, peaks: list, iterations: torch.Tensor, skipped: torch.Tensor,
+             terms: list = ()):
+        """The log from the step's device tensors, in one transfer to the host. terms: one
+        dict of (B,) tensors per evaluation."""
         losses, peaks = torch.stack(losses).float(), torch.stack(peaks).float()
         evaluations, batch, subjects = peaks.shape
-        flat = torch.cat([losses.flatten(), peaks.flatten(), iterations.float(), skipped.float().view(1)]).tolist()
+        names = list(terms[0]) if terms else []
+        named = [torch.stack([t[name] for t in terms]).float().flatten() for name in names]
+        flat = torch.cat([losses.flatten(), peaks.flatten(), *named, iterations.float(),
+                          skipped.float().view(1)]).tolist()
         rows = [flat[i:i + subjects] for i in range(losses.numel(), losses.numel() + peaks.numel(), subjects)]
+        start = losses.numel() + peaks.numel()
+        read_terms = {}
+        for name in names:
+            read_terms[name] = [flat[i:i + batch] for i in range(start, start + losses.numel(), batch)]
+            start += losses.numel()
         return cls(step, [flat[i:i + batch] for i in range(0, losses.numel(), batch)],
                    [rows[i:i + batch] for i in range(0, len(rows), batch)],
-                   [int(i) for i in flat[-1 - batch:-1]], int(flat[-1]))
+                   [int(i) for i in flat[-1 - batch:-1]], int(flat[-1]), read_terms)
 
 
 def _descend(x: torch.Tensor, at: Evaluation, step_size: float, skipped: torch.Tensor, rows=None) -> torch.Tensor:
@@ -59,31 +80,32 @@ def _descend(x: torch.Tensor, at: Evaluation, step_size: float, skipped: torch.T
 
 def excite(x: torch.Tensor, evaluate: Evaluate, step: int, step_size: float, alter: bool,
            threshold: Optional[float], max_refinement: int,
-           on_iteration: Callable[[int], None] = lambda i: None) -> tuple[torch.Tensor, StepLog]:
+           on_iteration: Callable[[int], None] = lambda i: None,
+           unmet: Callable[[Evaluation, float], torch.Tensor] = peak_unmet) -> tuple[torch.Tensor, StepLog]:
     """Returns the moved latent and the log of every evaluation at this step.
 
-    As the reference: refinement runs while a row's loss, read before that
-    iteration's update, is above 1 - threshold, at most max_refinement times;
-    then the step's own update follows from a fresh evaluation.
+    As the reference: refinement runs while a row is short of the threshold (unmet; for
+    Attend-and-Excite its loss, read before that iteration's update, above 1 - threshold),
+    at most max_refinement times; then the step's own update follows from a fresh evaluation.
     """
     at = evaluate(x)
-    losses, peaks = [at.loss], [at.peaks]
+    losses, peaks, terms = [at.loss], [at.peaks], [at.terms]
     iterations = torch.zeros(at.loss.shape, dtype=torch.long, device=at.loss.device)
     skipped = torch.zeros((), dtype=torch.long, device=at.loss.device)
     if threshold is not None:
-        target = max(0.0, 1.0 - threshold)
-        active = at.loss > target
+        active = unmet(at, threshold)
         iteration = 0
         while bool(active.any()):    # the iteration's one read on the host
             iteration += 1
             on_iteration(iteration)
             iterations += active
             x = _descend(x, at, step_size, skipped, active)
-            still = active & (at.loss > target) & (iterations < max_refinement)
+            still = active & unmet(at, threshold) & (iterations < max_refinement)
             at = evaluate(x)
             losses.append(at.loss)
             peaks.append(at.peaks)
+            terms.append(at.terms)
             active = still
     if alter:
         x = _descend(x, at, step_size, skipped)
-    return x.detach(), StepLog.read(step, losses, peaks, iterations, skipped)
+    return x.detach(), StepLog.read(step, losses, peaks, iterations, skipped, terms if at.terms else ())

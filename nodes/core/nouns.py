@@ -7,7 +7,12 @@ participle or a third-person verb right after a noun is a verb ('a dog sleeping 
 sofa', 'a dog chases a cat'), before a noun it is an adjective ('a sleeping dog'); a
 colour or a material before a noun modifies it ('an orange cat'), alone it is the noun
 ('an orange'). A subject is the last run of nouns of each phrase ('a brown teddy bear'
-gives 'teddy bear'); phrases end at prepositions, conjunctions, verbs and punctuation.
+gives 'teddy bear'); phrases end at prepositions, conjunctions, verbs and punctuation. The
+colours, materials and adjectives of a phrase before its subject modify it ('brown' ->
+'teddy bear'). Prompts written as tag lists keep their quality, style and camera tags
+('best quality', 'highly detailed', '8k', '35mm', 'depth of field') out: a comma-separated
+tag made only of such words has no subject, nor have LoRA tags ('<lora:name:0.8>'),
+embedding names and BREAK.
 """
 import re
 
@@ -30,10 +35,20 @@ CONNECTORS = _set("and or but nor with of on in at by under over beside besides 
 AUXILIARIES = _set("is are was were be been being has have had do does did can could will would may might "
                    "there it they he she we i you them him")
 # Words that are never the subject: what the picture is, and how it is rendered.
-NON_SUBJECTS = _set("photo photograph picture image painting drawing illustration render rendering sketch close up "
+NON_SUBJECTS = _set("photo photograph photography still picture image painting drawing illustration render rendering sketch close up "
                     "closeup portrait style view shot scene highly detailed very realistic photorealistic 4k 8k hd "
                     "uhd high quality resolution masterpiece artwork art front top middle center centre distance "
                     "background foreground")
+# Quality, style, camera and resolution tags: a comma-separated tag made only of these (and
+# connectors) is no phrase. Some are nouns elsewhere ('a lighthouse in a field').
+STYLE_TAGS = _set("best worst quality ultra super extremely insanely intricate detail details detailed hyperdetailed "
+                  "hyper hyperrealistic realism photorealism absurdres highres hires lowres resolution hdr uhd fhd "
+                  "dslr raw bokeh dof depth field focus sharp soft cinematic lighting light lit volumetric studio "
+                  "octane unreal engine render rendered artstation trending pixiv deviantart concept award winning "
+                  "professional official wallpaper score film grain analog lens shallow wide angle macro "
+                  "dramatic ambient rim natural golden hour epic stunning amazing perfect solo low life landscape "
+                  "product national geographic")
+UNITS = _set("k mm cm px p fps d x hz mp")      # '8k', '35mm', '1080p', '3d': a number's unit is no subject
 COLOURS = _set("red green blue yellow orange purple pink brown black white grey gray silver gold golden violet "
                "beige turquoise teal cyan magenta maroon navy crimson scarlet ivory cream tan olive lime indigo")
 MATERIALS = _set("glass stone wooden wood metal plastic paper leather wool woolen cotton silk brick marble steel "
@@ -49,7 +64,7 @@ ADJECTIVES = _set(
     "vivid colorful colourful transparent translucent sparkling glowing "
     "soft hard smooth rough fluffy furry hairy fuzzy shaggy spiky sticky sharp blunt curly wavy straight "
     "sunny snowy rainy cloudy foggy misty stormy windy sandy rocky grassy leafy icy starry "
-    "heavy empty full open closed broken fresh ripe rotten juicy spicy tasty sweet sour delicious "
+    "heavy empty full open closed broken frozen fresh ripe rotten juicy spicy tasty sweet sour delicious "
     "rich poor busy lonely famous real fake magic magical mystical mysterious enchanted haunted "
     "tropical arctic urban rural medieval gothic victorian japanese chinese french italian mexican "
     "american indian african european english lush dense vast steep serene peaceful")
@@ -97,7 +112,7 @@ def _verb_stem(key: str) -> str | None:
 def word_class(word: str) -> str:
     """The class a word has whatever its neighbours (participles and verb forms still open)."""
     key = _key(word)
-    if not key or not re.search(r"[a-z0-9]", key):
+    if not key or not re.search(r"[a-z0-9]", key) or key == "break":
         return BREAK
     if key in DETERMINERS:
         return DETERMINER
@@ -107,7 +122,10 @@ def word_class(word: str) -> str:
         return BREAK
     if key in AUXILIARIES:
         return VERB
-    if key in NON_SUBJECTS or len(key) == 1:     # a lone letter: CLIP splits '4k' into '4' and 'k'
+    if key in NON_SUBJECTS or key in UNITS or len(key) == 1:     # CLIP splits '4k' into '4' and 'k'
+        return OTHER
+    if (number := re.fullmatch(r"\d+([a-z]+)", key)) and number[1] in UNITS or \
+            re.match(r"(score|source|rating)_", key):       # '8k', '35mm'; Pony's 'score_9', 'rating_safe'
         return OTHER
     if key in COLOURS or key in MATERIALS:
         return MODIFIER
@@ -126,9 +144,32 @@ def word_class(word: str) -> str:
     return NOUN
 
 
+def _tag_words(words: list[str], classes: list[str]) -> list[str]:
+    """The classes with every word of a LoRA tag ('<lora:name:0.8>'), of an embedding's name
+    ('embedding:name') and of a comma-separated quality or style tag made OTHER."""
+    classes, inside, segment = list(classes), False, []
+    for i, word in enumerate(words + [","]):
+        key = _key(word)
+        if word == "<" or inside:
+            inside = word != ">"
+            classes[i:i + 1] = [OTHER] if i < len(words) else []
+            continue
+        if key == "embedding" and i + 2 < len(words) and words[i + 1] == ":":
+            classes[i] = classes[i + 2] = OTHER
+        if word in (",", ";", ".", "|") or key == "break":
+            if segment and all(_key(words[j]) in STYLE_TAGS | NON_SUBJECTS | CONNECTORS or classes[j] == OTHER
+                               or classes[j] == NUMBER and not _key(words[j]).isalpha() for j in segment):
+                for j in segment:
+                    classes[j] = OTHER
+            segment = []
+        elif classes[i] != BREAK or key in CONNECTORS:
+            segment.append(i)
+    return classes
+
+
 def tag(words: list[str]) -> list[str]:
     """One class per word, participles and verb forms settled by their neighbours."""
-    classes = [word_class(w) for w in words]
+    classes = _tag_words(words, [word_class(w) for w in words])
     for i, cls in enumerate(classes):
         before = classes[i - 1] if i else BREAK
         after = classes[i + 1] if i + 1 < len(classes) else BREAK
@@ -146,20 +187,35 @@ def tag(words: list[str]) -> list[str]:
     return classes
 
 
-def noun_spans(words: list[str]) -> list[tuple[int, int]]:
-    """(start, stop) word indices of each phrase's subject: its last run of nouns, or a
-    colour or material that ends a phrase with no noun."""
+def noun_phrases(words: list[str]) -> list[tuple[tuple[int, int], list[int]]]:
+    """((start, stop), modifiers) of each phrase: its subject's word indices (its last run of
+    nouns; with no noun, a colour or material that ends it, or an adjective that ends a phrase
+    opened by a determiner or a number) and the indices of the
+    colours, materials and adjectives before that run in the phrase."""
     classes = tag(words) + [BREAK]
-    spans, run, last, lone = [], None, None, None
+    phrases, run, last, lone, described, determined = [], None, None, None, [], False
     for i, cls in enumerate(classes):
         if cls in (BREAK, VERB):
             found = last or lone
             if found:
-                spans.append(found)
+                phrases.append((found, [m for m in described if m < found[0]]))
             run = last = lone = None
+            described = []
         elif cls == NOUN:
-            run = (run[0], i + 1) if run and run[1] == i else (i, i + 1)
+            if not (run and run[1] == i):       # a new run: what described an earlier one is not its
+                described = [m for m in described if not run or m > run[0]]
+                run = (i, i + 1)
+            else:
+                run = (run[0], i + 1)
             last = run
-        elif cls == MODIFIER and classes[i + 1] in (BREAK, VERB):
-            lone = (i, i + 1)
-    return spans
+        elif cls in (MODIFIER, ADJECTIVE) and classes[i + 1] in (BREAK, VERB) and (cls == MODIFIER or determined):
+            lone = (i, i + 1)        # 'an orange', 'a blue square': the phrase's last word is its noun
+        elif cls in (MODIFIER, ADJECTIVE):
+            described.append(i)
+        determined = cls in (DETERMINER, NUMBER) or determined and cls not in (BREAK, VERB)
+    return phrases
+
+
+def noun_spans(words: list[str]) -> list[tuple[int, int]]:
+    """(start, stop) word indices of each phrase's subject."""
+    return [span for span, _ in noun_phrases(words)]

@@ -17,10 +17,13 @@ class AttentionRecord:
     logs: list = field(default_factory=list)         # StepLog of each guided step
     maps: list = field(default_factory=list)         # (B, S, h, w) of each guided step, CPU fp32
     guidance_pass: str = ""                          # "CUDA graph", or "eager: " and why
+    loss: str = ""                                   # the loss that ran
 
-    def start(self, model: str, labels: list[str], thresholds: dict[int, float], steps: int):
+    def start(self, model: str, labels: list[str], thresholds: dict[int, float], steps: int,
+              loss: str = "attend_and_excite"):
         """Clears what an earlier run left (a SAMPLER's record is reused by every run)."""
         self.model, self.labels, self.thresholds, self.steps = model, list(labels), dict(thresholds), steps
+        self.loss = loss
         self.logs, self.maps, self.guidance_pass = [], [], ""
 
     def add(self, log: StepLog, maps: torch.Tensor):
@@ -49,5 +52,5 @@ class AttentionRecord:
         return self.maps[index], f"step {self.logs[index].step + 1}"
 
     def to_json(self) -> str:
-        return json.dumps({"model": self.model, "subjects": self.labels, "thresholds": {str(k): v for k, v in self.thresholds.items()},
+        return json.dumps({"model": self.model, "loss": self.loss, "subjects": self.labels, "thresholds": {str(k): v for k, v in self.thresholds.items()},
                            "guidance_pass": self.guidance_pass, "steps": [vars(log) for log in self.logs]})

@@ -39,14 +39,21 @@ def format_thresholds(thresholds: dict[int, float]) -> str:
     return ", ".join(f"{step}:{value:g}" for step, value in thresholds.items())
 
 
-def parse_thresholds(text: str) -> dict[int, float]:
-    """'0:0.05, 10:0.5, 20:0.8' -> {0: 0.05, 10: 0.5, 20: 0.8}; empty text -> {}."""
+AUTO = "auto"
+
+
+def parse_thresholds(text: str) -> dict[int, float] | None:
+    """'0:0.05, 10:0.5, 20:0.8' -> {0: 0.05, 10: 0.5, 20: 0.8}; empty text -> {}; 'auto' -> None
+    (the loss's own)."""
+    if text.strip().lower() == AUTO:
+        return None
     thresholds = {}
     for item in filter(None, (part.strip() for part in re.split(r"[,;\n]", text))):
         match = re.fullmatch(r"(\d+)\s*:\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)", item)
         if not match:
             raise ValueError(f"refinement thresholds: cannot read {item!r}; write step:threshold pairs "
-                             f"separated by commas, e.g. {format_thresholds(DEFAULTS.thresholds)!r}")
+                             f"separated by commas, e.g. {format_thresholds(DEFAULTS.thresholds)!r}, or "
+                             f"'{AUTO}' for the loss's own")
         step, value = int(match[1]), float(match[2])
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"refinement thresholds: {value} at step {step} is not in [0, 1]")
@@ -73,7 +80,7 @@ def build_schedule(settings: Settings, steps: int, flow: bool = False) -> Schedu
     if settings.schedule_steps < 1:
         raise ValueError("schedule_steps must be at least 1")
     scaled = {}
-    for step, value in settings.thresholds.items():
+    for step, value in settings.refinement_thresholds().items():
         at = rescale(step, steps, settings.schedule_steps)
         if at < steps:
             scaled[at] = max(value, scaled.get(at, 0.0))

@@ -76,7 +76,7 @@ class CaptureFailed(RuntimeError):
 
 
 class CapturedPass:
-    """forward(leaf, sigma) -> (loss, peaks, maps), differentiable in leaf, warmed up once
+    """forward(leaf, sigma) -> (LossValue, peaks, maps), differentiable in leaf, warmed up once
     eagerly, then captured with its backward and replayed on copies of x and sigma."""
 
     def __init__(self, forward):
@@ -114,9 +114,9 @@ class CapturedPass:
         return Evaluation(loss.clone(), peaks.clone(), lambda: grad), maps
 
     def _with_gradient(self, leaf, sigma):
-        loss, peaks, maps = self.forward(leaf, sigma)
-        (grad,) = torch.autograd.grad(loss.sum(), leaf)
-        return loss.detach(), peaks.detach(), maps.detach(), grad
+        value, peaks, maps = self.forward(leaf, sigma)
+        (grad,) = torch.autograd.grad(value.loss.sum(), leaf)
+        return value.loss.detach(), peaks.detach(), maps.detach(), grad
 
     def _capture(self, leaf, sigma):
         graph = torch.cuda.CUDAGraph()

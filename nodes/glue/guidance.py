@@ -11,7 +11,7 @@ import comfy.model_management
 import comfy.samplers
 
 from ..core.excite import Evaluation
-from ..core.losses import attend_excite_loss
+from ..core.losses import Words, guidance_loss, retention_masks
 from ..core.maps import SubjectScorer, gaussian_kernel
 from .capture import CaptureFailed, CapturedPass, capture_blockers
 from .recorder import ForwardDone
@@ -118,13 +118,25 @@ class GuidancePass:
     """Scores a latent: the smoothed peak attention of every subject, the loss and its gradient."""
 
     def __init__(self, base_model, positive_entry: dict, subjects: list[list[int]], kept: torch.Tensor,
-                 recorder, kernel_size: int, sigma: float):
+                 recorder, kernel_size: int, sigma: float, loss: str = "attend_and_excite",
+                 modifiers: list[list[list[int]]] | None = None, prompt_columns: list[int] = ()):
         """kept: the context columns of the token softmax; recorder: an AttentionRecorder
-        (UNets) or a JointAttentionRecorder (MMDiT)."""
+        (UNets) or a JointAttentionRecorder (MMDiT); modifiers: each subject's modifiers'
+        columns; prompt_columns: every prompt token's (SynGen's token maps)."""
         self.base_model = base_model
         self.entry = positive_entry
+        self.loss = loss
+        modifiers = modifiers if modifiers is not None else [[] for _ in subjects]
+        used = {c for s in subjects for c in s} | {c for own in modifiers for m in own for c in m}
+        prompt_columns = sorted(used | set(prompt_columns))
+        self.words = Words.of(subjects, modifiers, prompt_columns)
+        # Divide & Bind reads the modifiers' maps as the subjects' are made; the others need none.
+        scored = subjects + [m for own in modifiers for m in own] if loss == "divide_and_bind" else subjects
         with torch.inference_mode(False):  # autograd saves these; inference tensors it cannot
-            self.score = SubjectScorer(subjects, kept.clone(), gaussian_kernel(kernel_size, sigma))
+            self.score = SubjectScorer(scored, kept.clone(), gaussian_kernel(kernel_size, sigma))
+            self.token_columns = torch.tensor(prompt_columns, dtype=torch.long)
+        self.binding = 0.0            # Divide & Bind's weight at the current step
+        self.previous_masks = None    # A-STAR's masks of the previous guided step
         self.recorder = recorder
         # Only what the truncated forward runs needs weights that autograd can save.
         self.modules = recorder.modules_run(base_model.diffusion_model) + control_modules(positive_entry)
@@ -139,6 +151,15 @@ class GuidancePass:
         self.saved = (torch.autograd.graph.saved_tensors_hooks(_copy_activation, lambda t: t)
                       if "control" in positive_entry or recorder.in_place_model else contextlib.nullcontext())
 
+    def begin_step(self, binding: float):
+        """binding: Divide & Bind's weight at the step about to be guided."""
+        self.binding = binding
+
+    def end_step(self):
+        """A-STAR retains what the step's last evaluation, the one its update used, found."""
+        if self.loss == "a_star":
+            self.previous_masks = retention_masks(self.last_maps)
+
     def evaluate(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> Evaluation:
         """Under enable_grad, outside inference mode."""
         if self.model_options is None:
@@ -152,26 +173,33 @@ class GuidancePass:
                                 "it runs eagerly", error)
                 self.captured, self.mode = None, f"eager: the capture failed ({error})"
         leaf = x.detach().clone().requires_grad_(True)
-        loss, peaks, maps = self.forward(leaf, sigma)
+        value, peaks, maps = self.forward(leaf, sigma)
         self.last_maps = maps.detach()
-        return Evaluation.of(leaf, loss, peaks)
+        return Evaluation.of(leaf, value.loss, peaks, value.indicator, value.terms)
 
     def forward(self, leaf: torch.Tensor, sigma: torch.Tensor):
-        """(loss (B,), peaks (B, S), maps (B, S, h, w)), differentiable in leaf."""
+        """(LossValue, peaks (B, S), subject maps (B, S, h, w)), differentiable in leaf."""
         self.recorder.reset(leaf.shape)
         try:
             with self.saved, differentiable_paths():
                 comfy.samplers.calc_cond_batch(self.base_model, self.conds, leaf, sigma, self.model_options)
         except ForwardDone:
             pass
-        maps = self.score.maps(self.recorder.take_average())
-        peaks = maps.amax(dim=(-1, -2))
-        return attend_excite_loss(peaks), peaks, maps
+        average = self.recorder.take_average()
+        maps = self.score.maps(average)
+        subject_maps = maps[:, :self.words.subjects]
+        peaks = subject_maps.amax(dim=(-1, -2))
+        tokens = average[..., self.token_columns].flatten(1, 2).transpose(1, 2) if self.loss == "syngen" else None
+        value = guidance_loss(self.loss, maps, peaks, self.words, tokens, self.binding, self.previous_masks)
+        return value, peaks, subject_maps
 
     def _prepare(self, x: torch.Tensor, model_options: dict):
         blockers = capture_blockers(x, self.base_model, self.modules, self.entry, model_options)
         self.conds = [[_entry_on(self.entry, x.device)]]
         self.score.to(x.device)
+        self.token_columns = self.token_columns.to(x.device)
+        if self.loss != "attend_and_excite":
+            blockers.append(f"the {self.loss} loss runs eagerly (only attend_and_excite's pass is captured)")
         self.model_options = with_backward_attention(self.recorder.install(model_options))
         if blockers:
             self.mode = "eager: " + "; ".join(blockers)

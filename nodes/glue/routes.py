@@ -1,5 +1,5 @@
 """The frontend's server route: a prompt's tokens, word groups, automatic subjects and
-the subjects a `subjects` field resolves to, from ComfyUI's bundled tokenizers (no model
+the subjects a `subjects` field resolves to (each with its modifiers), from ComfyUI's bundled tokenizers (no model
 is loaded): CLIP's, whose columns SD1.x, SD2.x, SDXL and SD3 subjects index, or T5's,
 whose columns Flux's do."""
 import functools
@@ -25,7 +25,8 @@ def _tokenizer(encoder: str):
 
 
 def _subject_list(subjects) -> list[dict]:
-    return [{"text": s.label, "positions": list(s.columns)} for s in subjects]
+    return [{"text": s.label, "positions": list(s.columns),
+             "modifiers": [{"text": m.label, "positions": list(m.columns)} for m in s.modifiers]} for s in subjects]
 
 
 def tokenize(text: str, subjects: str = "", encoder: str = "clip") -> dict:

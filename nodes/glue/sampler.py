@@ -16,9 +16,10 @@ import comfy.samplers
 from comfy.k_diffusion.sampling import offset_first_sigma_for_snr
 
 from ..core.excite import excite
+from ..core.losses import LOSSES, NEEDS_PAIRS, binding_weight, refinement_test
 from ..core.record import AttentionRecord
 from ..core.schedule import Schedule, build_schedule
-from ..core.settings import Settings
+from ..core.settings import REFINING_LOSSES, Settings
 from .family import Family, detect_family
 from .guidance import GuidancePass, autograd_weights
 from .joint import JointAttentionRecorder, joint_blocks
@@ -65,6 +66,21 @@ def _subjects_of(positive: list[dict], settings: Settings):
                      "'CLIP Text Encode (Attend-and-Excite)', or give token_indices on the sampler")
 
 
+def _check_loss(settings: Settings, modifiers: list):
+    if settings.loss not in LOSSES:
+        raise ValueError(f"unknown loss {settings.loss!r}; pick one of {', '.join(LOSSES)}")
+    if settings.loss in NEEDS_PAIRS and not any(modifiers):
+        raise ValueError(f"the {settings.loss} loss binds modifiers to their nouns, and no subject has one: describe "
+                         f"the nouns in the prompt ('a red circle and a blue square'), or write each subject in "
+                         f"'subjects' as a group that ends with its noun ('red circle, blue square'); token_indices "
+                         f"give no modifiers")
+    if settings.loss not in REFINING_LOSSES and settings.thresholds:
+        logging.warning("Attend-and-Excite: the %s loss never refines to a threshold (as its paper); the thresholds "
+                        "are not used (set them to auto or leave them empty)", settings.loss)
+    if settings.loss == "divide_and_bind" and not any(modifiers):
+        logging.info("Attend-and-Excite: no subject has a modifier, so divide_and_bind runs its attendance term alone")
+
+
 class GuidedRun:
     """One sampling call: decides which model calls are guided and guides them."""
 
@@ -85,14 +101,19 @@ class GuidedRun:
                 raise ValueError(f"token index {column} is not one of the tokens the method scores on {family.name} "
                                  f"(the start token, and on some families the end token and padding, are left out); "
                                  f"pick a word's position, as the token picker lists them")
+        modifiers = [[] for _ in subjects] if settings.token_indices else \
+            info.get("modifiers", [[] for _ in subjects])
+        _check_loss(settings, modifiers)
         self.schedule: Schedule = build_schedule(settings, len(sigmas) - 1, flow=family.flow)
         self.pending = [j for j in range(self.schedule.steps) if self.schedule.is_guided(j)]
         labels = ["+".join(map(str, c)) for c in settings.token_indices] if settings.token_indices else \
             info["labels"]
-        record.start(family.name, labels, self.schedule.thresholds, self.schedule.steps)
+        record.start(family.name, labels, self.schedule.thresholds, self.schedule.steps, settings.loss)
         self.guidance = GuidancePass(base_model, entry, subjects, kept,
                                      recorder_for(base_model.diffusion_model, family, settings.map_level),
-                                     settings.kernel_size, settings.smoothing_sigma)
+                                     settings.kernel_size, settings.smoothing_sigma, settings.loss, modifiers,
+                                     info.get("prompt_columns", []))
+        self.loss, self.schedule_steps = settings.loss, settings.schedule_steps
         self.sigmas = sigmas.tolist()
         # Samplers that work in log-SNR start a flow model just under sigma 1 (ComfyUI's
         # offset_first_sigma_for_snr): step 0 is found at either sigma.
@@ -151,12 +172,15 @@ class GuidedRun:
             _progress_text(f"Attend-and-Excite: step {step + 1}, refinement {iteration}/{s.max_refinement}")
 
         out_of_memory = False
+        self.guidance.begin_step(binding_weight(step, s.steps, self.schedule_steps))
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 moved, log = excite(x, lambda z: self.guidance.evaluate(z, sigma, model_options), step,
                                     s.step_size(step, sigma_value),
                                     alter=step < s.steps_to_alter, threshold=s.thresholds.get(step),
-                                    max_refinement=s.max_refinement, on_iteration=on_iteration)
+                                    max_refinement=s.max_refinement, on_iteration=on_iteration,
+                                    unmet=refinement_test(self.loss))
+                self.guidance.end_step()
         except torch.OutOfMemoryError:
             out_of_memory = True     # raised below, once this error's frames (and the graph) are released
         finally:
@@ -172,9 +196,10 @@ class GuidedRun:
             logging.warning("Attend-and-Excite step %d: %d latent updates skipped because the loss or its gradient "
                             "was not finite (an fp16 overflow?); those latents were left as they were", step + 1,
                             log.skipped_updates)
-        logging.info("Attend-and-Excite step %d: loss %s -> %s, peaks %s, refinement iterations %s", step + 1,
-                     _rounded(log.losses[0]), _rounded(log.losses[-1]), _rounded(log.peaks[-1]),
-                     log.refinement_iterations)
+        logging.info("Attend-and-Excite step %d (%s): loss %s -> %s, peaks %s, refinement iterations %s%s", step + 1,
+                     self.loss, _rounded(log.losses[0]), _rounded(log.losses[-1]), _rounded(log.peaks[-1]),
+                     log.refinement_iterations,
+                     "".join(f", {name} {_rounded(values[-1])}" for name, values in log.terms.items()))
         x.copy_(moved)
         self.moved[step] = x.data_ptr()
 

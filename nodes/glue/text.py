@@ -1,7 +1,7 @@
 """Prompt tokens and subjects from a loaded CLIP, with ComfyUI's own tokenizer."""
 import logging
 
-from ..core.tokens import layout, resolve_subjects
+from ..core.tokens import EMBEDDING, PIECE, layout, resolve_subjects
 
 SUBJECTS_KEY = "attend_excite"
 
@@ -18,14 +18,19 @@ def encoder_tokenizer(tokenizer, tokenized: dict):
 
 
 def subject_info(tokenizer, tokenized: dict, subjects: str) -> dict:
-    """What the sampler needs to know of the subjects: their context columns, labels,
-    and each chunk's end-token column (for the models that drop from it on)."""
+    """What the sampler needs to know of the subjects: their context columns, labels, their
+    modifiers' columns and labels (the binding losses'), every word's columns (the prompt's
+    tokens, for SynGen's negative term) and each chunk's end-token column (for the models that
+    drop from it on)."""
     chunks, encoder = encoder_tokenizer(tokenizer, tokenized)
     tokens, end_columns = layout(chunks, encoder.inv_vocab, encoder.start_token, encoder.end_token)
     chosen = resolve_subjects(subjects, tokens)
     logging.info("Attend-and-Excite subjects%s: %s", "" if subjects.strip() else " (automatic)",
-                 ", ".join(f"{s.label} {list(s.columns)}" for s in chosen))
+                 ", ".join(f"{s.described()} {list(s.columns)}" for s in chosen))
     return {"subjects": [list(s.columns) for s in chosen], "labels": [s.label for s in chosen],
+            "modifiers": [[list(m.columns) for m in s.modifiers] for s in chosen],
+            "modifier_labels": [[m.label for m in s.modifiers] for s in chosen],
+            "prompt_columns": [t.column for t in tokens if t.kind in (PIECE, EMBEDDING)],
             "end_columns": end_columns}
 
 

@@ -161,7 +161,8 @@ PROMPT = "a cat and a frog"
 def test_sd1_keeps_every_column_but_the_start_token_and_the_last_slot():
     tokenizer = comfy.sd1_clip.SD1Tokenizer()
     info = subject_info(tokenizer, tokenizer.tokenize_with_weights(PROMPT), "cat, frog")
-    assert info == {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}
+    assert info == {"subjects": [[2], [5]], "labels": ["cat", "frog"], "modifiers": [[], []],
+                    "modifier_labels": [[], []], "prompt_columns": [1, 2, 3, 4, 5], "end_columns": [6]}
     assert kept_columns(77, 77, info["end_columns"], detect_family(bare_config("SD15")).drop_from_end).tolist() == \
         list(range(1, 76))
 

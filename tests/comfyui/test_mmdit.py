@@ -148,7 +148,7 @@ def test_the_flow_step_equals_a_step_on_the_unit_scale_latent():
     with autograd_weights(guidance.modules), torch.inference_mode(False), torch.enable_grad():
         ours = x - schedule.step_size(0, sigma) * guidance.evaluate(x, torch.tensor([sigma]), model.model_options).gradient()
         z = (x / scale).requires_grad_(True)
-        loss = guidance.forward(z * scale, torch.tensor([sigma]))[0]
+        loss = guidance.forward(z * scale, torch.tensor([sigma]))[0].loss
         (grad_z,) = torch.autograd.grad(loss.sum(), z)
         direct = (z - schedule.step_sizes[0] * grad_z).detach() * scale
     assert torch.allclose(ours, direct, rtol=1e-5, atol=1e-6) and not torch.allclose(ours, x)

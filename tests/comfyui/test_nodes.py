@@ -64,7 +64,9 @@ def test_text_encode_equals_the_stock_encoder_and_carries_subjects(clip):
     assert len(ours) == len(stock) == 1
     assert torch.equal(ours[0][0], stock[0][0])
     assert torch.equal(ours[0][1]["pooled_output"], stock[0][1]["pooled_output"])
-    assert ours[0][1]["attend_excite"] == {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}
+    assert ours[0][1]["attend_excite"] == {"subjects": [[2], [5]], "labels": ["cat", "frog"], "modifiers": [[], []],
+                                           "modifier_labels": [[], []], "prompt_columns": [1, 2, 3, 4, 5],
+                                           "end_columns": [6]}
 
 
 def test_text_encode_error_lists_the_tokens(clip):
@@ -75,8 +77,12 @@ def test_text_encode_error_lists_the_tokens(clip):
 
 def test_a_new_nodes_inputs_are_the_core_defaults():
     """The schemas take their defaults from core.settings, so a new node runs the paper's settings."""
+    import dataclasses
     from attend_and_excite.nodes.core.settings import DEFAULTS
-    assert settings_from(**default_inputs()) == DEFAULTS
+    new = settings_from(**default_inputs())
+    # thresholds on auto: the loss's own, for the default loss the paper's
+    assert new == dataclasses.replace(DEFAULTS, thresholds=None)
+    assert new.refinement_thresholds() == DEFAULTS.thresholds == DEFAULTS.refinement_thresholds()
     for node in (AttendExciteKSampler, AttendExciteSampler):
         inputs = {i.id: getattr(i, "default", None) for i in node.define_schema().inputs}
         assert {k: inputs[k] for k in default_inputs()} == default_inputs()

@@ -178,16 +178,20 @@ def test_tokenize_route(server):
 def test_tokenize_route_reads_t5_columns_for_flux(server):
     status, answer = server.request("/attend_excite/tokenize", {"text": "a cat and a hedgehog", "encoder": "t5"})
     assert status == 200 and answer["encoder"] == "t5"
-    assert answer["automatic"] == [{"text": "cat", "positions": [2]}, {"text": "hedgehog", "positions": [6, 7]}]
+    assert answer["automatic"] == [{"text": "cat", "positions": [2], "modifiers": []},
+                                   {"text": "hedgehog", "positions": [6, 7], "modifiers": []}]
     assert answer["tokens"][0] == {"position": 0, "text": "", "kind": "piece"}      # no start token: "▁" "a"
     _, clip = server.request("/attend_excite/tokenize", {"text": "a cat and a hedgehog", "encoder": "clip"})
-    assert clip["encoder"] == "clip" and clip["automatic"][0] == {"text": "cat", "positions": [2]}
+    assert clip["encoder"] == "clip" and clip["automatic"][0] == {"text": "cat", "positions": [2], "modifiers": []}
     assert clip["tokens"][0]["kind"] == "start"
 
 
 def test_tokenize_route_resolves_the_subjects_field_as_the_node_does(server):
     _, answer = server.request("/attend_excite/tokenize", {"text": "a cat and a frog", "subjects": "frog, 2"})
-    assert answer["chosen"] == [{"text": "frog", "positions": [5]}, {"text": "cat", "positions": [2]}]
+    assert answer["chosen"] == [{"text": "frog", "positions": [5], "modifiers": []},
+                                {"text": "cat", "positions": [2], "modifiers": []}]
+    _, answer = server.request("/attend_excite/tokenize", {"text": "a red cat and a frog", "subjects": ""})
+    assert answer["chosen"][0] == {"text": "cat", "positions": [3], "modifiers": [{"text": "red", "positions": [2]}]}
     _, answer = server.request("/attend_excite/tokenize", {"text": "a cat and a frog", "subjects": "dog"})
     assert answer["chosen"] == [] and "'dog' is not a word of the prompt" in answer["error"]
 
