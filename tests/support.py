@@ -125,6 +125,12 @@ def random_conditioning(seed: int, context_dim: int = 64, tokens: int = 77, **ex
 SUBJECTS = {"attend_excite": {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [6]}}
 
 
+# As SUBJECTS for "a red cat and a green frog": red -> cat, green -> frog (the binding losses' pairs).
+PAIRED_SUBJECTS = {"attend_excite": {"subjects": [[2], [6]], "labels": ["cat", "frog"], "modifiers": [[[1]], [[5]]],
+                                     "modifier_labels": [["red"], ["green"]], "prompt_columns": [1, 2, 3, 4, 5, 6],
+                                     "end_columns": [7]}}
+
+
 def conditionings(context_dim: int = 64, **extra):
     """(positive with SUBJECTS, negative): random conditionings from seeds 1 and 2."""
     return random_conditioning(1, context_dim, **extra, **SUBJECTS), random_conditioning(2, context_dim, **extra)

@@ -14,6 +14,7 @@ Maps as the losses read them: `maps` (B, W, h, w) are the smoothed, x100-sharpen
 subjects (the first S) and then of every modifier (maps.py); `tokens` (B, C, hw) are the raw
 attention of every prompt token, each a distribution over the positions (SynGen's).
 """
+import functools
 import itertools
 from dataclasses import dataclass, field
 
@@ -53,6 +54,13 @@ class Words:
     def paired(self) -> bool:
         return any(self.modifiers)
 
+    @functools.cached_property
+    def outside(self) -> tuple[list[int], ...]:
+        """Per subject, the token maps outside its group (the noun's and its modifiers' pieces):
+        worked out once, not at every evaluation."""
+        return tuple([t for t in range(self.token_count) if t not in set(noun) | {p for m in own for p in m}]
+                     for noun, own in zip(self.noun_tokens, self.modifier_tokens))
+
 
 @dataclass
 class LossValue:
@@ -90,10 +98,7 @@ def syngen_terms(tokens: torch.Tensor, words: Words) -> tuple[torch.Tensor, torc
     distance = pairwise_symmetric_kl(tokens / tokens.sum(-1, keepdim=True))
     positive = distance.new_zeros(distance.shape[0])
     negative = torch.zeros_like(positive)
-    for noun, modifiers in zip(words.noun_tokens, words.modifier_tokens):
-        group = set(noun) | {t for m in modifiers for t in m}
-        outside = [t for t in range(words.token_count) if t not in group]
-
+    for noun, modifiers, outside in zip(words.noun_tokens, words.modifier_tokens, words.outside):
         def apart(pieces):
             if not outside:
                 return torch.zeros_like(positive)

@@ -188,6 +188,17 @@ def test_token_picker_follows_typing_and_clicks_write_subjects(ui):
     assert our_errors(ui) == []
 
 
+def test_token_picker_shows_the_modifier_pairs_the_binding_losses_read(ui):
+    drop_workflow(ui, REPO / "example_workflows" / "attend_and_excite_demo_syngen.json")
+    focus_node(ui, node_of(ui, "AttendExciteTextEncode"))
+    ui.page.wait_for_function("() => document.querySelector('.ae-tokens .ae-head')?.textContent"
+                              ".includes('pairs: red→circle, blue→square')")
+    modifiers = ui.page.evaluate("""() => [...document.querySelectorAll('.ae-word.ae-modifier')]
+        .filter(c => c.offsetParent !== null).map(c => [c.dataset.positions, c.title])""")
+    assert modifiers == [["2", "token position 2 · modifies circle"], ["6", "token position 6 · modifies square"]]
+    assert our_errors(ui) == []
+
+
 def test_token_picker_reads_t5_columns_when_the_clip_comes_from_a_flux_text_encoder(ui):
     drop_workflow(ui, REPO / "example_workflows" / "attend_and_excite_sd15_custom_sampler.json")
     encoder = node_of(ui, "AttendExciteTextEncode")
@@ -213,6 +224,8 @@ PREVIEWS = {"attend_and_excite_sd15.json": ("AttendExciteKSampler", {
 PREVIEWS["attend_and_excite_sdxl.json"] = PREVIEWS["attend_and_excite_sd35.json"] = PREVIEWS["attend_and_excite_sd15.json"]
 PREVIEWS["attend_and_excite_demo.json"] = ("AttendExciteKSampler", {     # four images
     "AttendExciteKSampler": 8, "AttendExciteHeatmapOverlay": 8, "PreviewImage": 4, "SaveImage": 4})
+PREVIEWS["attend_and_excite_demo_syngen.json"] = PREVIEWS["attend_and_excite_demo.json"]
+PREVIEWS["attention_boost_demo.json"] = (None, {"SaveImage": 4})       # a patch: the stock KSampler shows no heatmaps
 
 
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if runs_here(p)], ids=lambda p: p.name)
@@ -249,6 +262,10 @@ def test_queueing_the_example_shows_the_heatmaps_on_the_node(ui, server, mini_ch
         loaded = [pair for pair in ui.page.evaluate(shown) if pair[0] in image_counts]
         raise AssertionError(f"the run finished on the server, but {PAGE_LIMIT_MS // 1000} s later the page showed "
                              f"these images per node: {loaded}, not {image_counts}") from None
+    if shows_heatmaps is None:
+        fit_view(ui)
+        ui.screenshot(f"after-run-{path.stem}", clip=graph_clip(ui))
+        return
     heatmaps = node_of(ui, shows_heatmaps)
     previews = ui.page.evaluate(f"""(id) => {APP}.graph.getNodeById(id).imgs.map(i =>
         [new URL(i.src).searchParams.get("type"), i.naturalWidth, i.naturalHeight])""", heatmaps)

@@ -32,6 +32,9 @@ CONFIGS = {  # name -> (sampler, changes): to the paper's settings for "guided",
     "A&E, no refinement": ("guided", {"thresholds": ""}),
     "A&E, default thresholds": ("guided", {}),
     "A&E, forced 3 x 20 refinement": ("guided", {"thresholds": "0:1.0, 10:1.0, 20:1.0"}),
+    "SynGen": ("guided", {"loss": "syngen"}),
+    "Divide & Bind, its thresholds": ("guided", {"loss": "divide_and_bind"}),
+    "A-STAR": ("guided", {"loss": "a_star"}),
     "attention boost (KSampler)": ("boost", {}),
     "attention boost, renormalised (KSampler)": ("boost", {"renormalise": True}),
 }
@@ -155,6 +158,8 @@ def run_configs(names: list[str], shape_name: str) -> dict:
     with torch.inference_mode():      # as ComfyUI's loader: the weights are inference tensors
         base = support.tiny_model(seed=0, config=setup["unet"], family=setup["family"])
     positive, negative = support.conditionings(setup["context"], **setup["extra"])
+    # the binding losses read modifiers: "a red cat and a green frog"
+    paired = support.random_conditioning(1, setup["context"], **setup["extra"], **support.PAIRED_SUBJECTS)
     results = {}
     for name in names:
         how, changes = {**CONFIGS, **GPU_CONFIGS}[name]
@@ -173,7 +178,7 @@ def run_configs(names: list[str], shape_name: str) -> dict:
                     return nodes.common_ksampler(model, SEED, setup["steps"], setup["cfg"], SAMPLER, "normal", positive,
                                                  negative, latent)[0]
                 last[:] = AttendExciteKSampler.execute(model, SEED, setup["steps"], setup["cfg"], SAMPLER, "normal",
-                                                       positive,
+                                                       paired if "loss" in changes else positive,
                                                        negative, latent, 1.0, **{**default_inputs(), **changes}).result
         try:
             results[name] = measure(sample, batch, cuda, profile=how == "guided" and not cuda)

@@ -6,7 +6,8 @@ colour* (binding), and per image the *damage* (regions beyond the shapes asked f
 background that is not flat). Samplers: the stock KSampler (plain); the Attend-and-Excite
 KSampler at the paper's defaults; the steering probe (the stock KSampler on a model whose
 cross-attention multiplies the two kind words' attention by PROBE_FACTOR and renormalises);
-the attention boost at its defaults; and Attend-and-Excite's scale curve. Also the one-shape
+the attention boost at its defaults; the Attend-and-Excite KSampler with each successor loss
+(syngen, divide_and_bind, a_star, at their own defaults); and Attend-and-Excite's scale curve. Also the one-shape
 prompts (drawn as asked, per colour and per kind) and the presence signal: each subject's
 peak as the loss reads it, at every guided step of plain sampling, for subjects whose shape
 appears in the end and for those that go missing.
@@ -30,7 +31,9 @@ from support import REPO, import_comfy, import_package  # noqa: E402
 
 SAMPLING = dict(steps=25, cfg=5.0, sampler_name="euler", scheduler="normal", size=128)
 BOOTSTRAP = 2000
-SAMPLERS = ("plain", "attend_and_excite", "probe", "boost")
+LOSS_ROWS = ("syngen", "divide_and_bind", "a_star")     # the Attend-and-Excite KSampler with each successor loss
+SAMPLERS = ("plain", "attend_and_excite", "probe", "boost", *LOSS_ROWS)
+GRID_ROWS = ("plain", "attend_and_excite", *LOSS_ROWS)
 SCALE_CURVE = (1.0, 5.0, 10.0)     # and the paper's 20, the attend_and_excite row
 PROBE_FACTOR = 3.0
 
@@ -48,6 +51,8 @@ def guidance_for(sampler: str, guidance: dict | None = None) -> dict | None:
         return dict(default_inputs(), scale_factor=0.0, thresholds="")
     if sampler == "attend_and_excite":
         return guidance or default_inputs()
+    if sampler in LOSS_ROWS:
+        return dict(guidance or default_inputs(), loss=sampler)
     if sampler.startswith("scale="):
         return dict(guidance or default_inputs(), scale_factor=float(sampler[len("scale="):]))
     return None
@@ -67,7 +72,8 @@ def sampler_model(model, sampler: str, subjects: str):
 def sample(model, clip, vae, subjects: list[str], seed: int, images: int, sampler: str, sampling=SAMPLING,
            guidance=None) -> tuple[torch.Tensor, object]:
     """((images, 3, H, W) in [0, 1], the Attend-and-Excite record or None): one batch from one
-    seed, row i the same noise for every sampler; the subjects' kind words are the subjects."""
+    seed, row i the same noise for every sampler; the subjects are written as groups ('red circle'):
+    the kind word is the noun, the colour word its modifier (which only the binding losses read)."""
     import nodes
     from attend_and_excite.nodes.demo.shapes import word_columns
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
@@ -79,8 +85,7 @@ def sample(model, clip, vae, subjects: list[str], seed: int, images: int, sample
     record = None
     with torch.inference_mode():
         negative = nodes.CLIPTextEncode().encode(clip, "")[0]
-        kinds = ", ".join(s.split()[-1] for s in subjects)
-        positive = AttendExciteTextEncode.execute(clip, prompt_of(subjects), kinds).result[0]
+        positive = AttendExciteTextEncode.execute(clip, prompt_of(subjects), ", ".join(subjects)).result[0]
         if inputs is not None:
             result = AttendExciteKSampler.execute(model, *args, positive, negative, latent, 1.0, **inputs).result
             samples, record = result[0], result[3]
@@ -249,6 +254,8 @@ def main():
     parser.add_argument("--images", type=int, default=8, help="images per seed (one batch)")
     parser.add_argument("--stride", type=int, default=1, help="every Nth prompt only (default: all 36)")
     parser.add_argument("--no-scale-curve", action="store_true")
+    parser.add_argument("--no-single-shapes", action="store_true")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS), help="the rows, comma-separated (default: all)")
     parser.add_argument("--out", default=os.path.join(REPO, "out", "fidelity"))
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for ComfyUI's default GPU")
     args = parser.parse_args()
@@ -263,9 +270,11 @@ def main():
     model, clip, vae = demo_model.load(args.weights or demo_model.WEIGHTS)
     pairs, seeds = subject_pairs()[::args.stride], list(range(args.seeds))
     started = time.time()
-    results, pictures = measure(model, clip, vae, pairs, seeds, args.images,
+    samplers = tuple(args.samplers.split(","))
+    results, pictures = measure(model, clip, vae, pairs, seeds, args.images, samplers=samplers,
                                 scales=() if args.no_scale_curve else SCALE_CURVE)
-    results["single_shapes"] = single_shapes(model, clip, vae, seeds, args.images)
+    if not args.no_single_shapes:
+        results["single_shapes"] = single_shapes(model, clip, vae, seeds, args.images)
     results["settings"] = {"sampling": SAMPLING, "guidance": default_inputs(), "probe_factor": PROBE_FACTOR,
                            "boost": boost_inputs(), "damaged_background": DAMAGED_BACKGROUND,
                            "prompts": len(pairs), "seeds": seeds,
@@ -277,7 +286,7 @@ def main():
     with open(os.path.join(args.out, "fidelity.md"), "w") as f:
         f.write(tables(results) + "\n")
     shown = pairs[:: max(1, len(pairs) // 6)][:6]
-    rows = [pictures[pair, name][:8] for pair in shown for name in SAMPLERS]
+    rows = [pictures[pair, name][:8] for pair in shown for name in GRID_ROWS if name in samplers]
     picture = (grid(rows) * 255).round().byte().permute(1, 2, 0).numpy()
     Image.fromarray(picture).save(os.path.join(args.out, "fidelity_grid.jpg"), quality=90)
     print(tables(results))

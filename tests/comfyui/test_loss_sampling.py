@@ -15,19 +15,13 @@ from attend_and_excite.nodes.glue.sampler import attend_excite_sampler
 from attend_and_excite.nodes.glue.text import subject_info
 
 SUCCESSORS = ("syngen", "divide_and_bind", "a_star")
-# "a red cat and a green frog" on SD1.x columns: red -> cat, green -> frog.
-PAIRED = {"attend_excite": {"subjects": [[2], [6]], "labels": ["cat", "frog"], "modifiers": [[[1]], [[5]]],
-                            "modifier_labels": [["red"], ["green"]], "prompt_columns": [1, 2, 3, 4, 5, 6],
-                            "end_columns": [7]}}
-
-
 @pytest.fixture(scope="module")
 def model():
     return support.tiny_model(seed=1)
 
 
 def paired_conditionings():
-    return support.random_conditioning(1, **PAIRED), support.random_conditioning(2)
+    return support.random_conditioning(1, **support.PAIRED_SUBJECTS), support.random_conditioning(2)
 
 
 def run(model, sampler_name, settings, latent=None, positive=None, stock=False):
@@ -48,6 +42,20 @@ def test_zero_scale_equals_the_stock_ksampler_with_every_loss(model, sampler_nam
                                                           max_refinement=1))
     assert record.logs and record.loss == loss, "the guidance pass did not run"
     assert torch.equal(out, stock(sampler_name))
+
+
+@pytest.mark.parametrize("loss", SUCCESSORS)
+@pytest.mark.parametrize("sampler_name", comfy.samplers.KSampler.SAMPLERS)
+def test_the_ksampler_node_at_zero_scale_equals_the_stock_ksampler_with_every_loss(model, sampler_name, loss):
+    from attend_and_excite.nodes.ksampler import AttendExciteKSampler
+    from attend_and_excite.nodes.parameters import default_inputs
+    pos, neg = paired_conditionings()
+    inputs = dict(default_inputs(), loss=loss, schedule_steps=6, steps_to_alter=3, scale_factor=0.0, max_refinement=1)
+    with torch.inference_mode():
+        result = AttendExciteKSampler.execute(model, 7, 6, 5.0, sampler_name, "normal", pos, neg,
+                                              {"samples": torch.zeros(1, 4, 8, 8)}, 1.0, **inputs).result
+    assert json.loads(result[4])["loss"] == loss and json.loads(result[4])["steps"]
+    assert torch.equal(result[0]["samples"], stock(sampler_name))
 
 
 @pytest.mark.parametrize("loss", SUCCESSORS)
