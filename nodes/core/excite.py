@@ -2,7 +2,8 @@
 iterative refinement, for a whole batch at once (each row on its own).
 
 The decisions stay on the latent's device: a refinement iteration reads the host
-once (does any row go on?), and the step's log is read once, at its end.
+once (does any row go on?), and the step's log stays there until the caller reads it
+(the sampler, once its call ends: a step without refinement makes the host wait for nothing).
 """
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -67,6 +68,20 @@ class StepLog:
                    [int(i) for i in flat[-1 - batch:-1]], int(flat[-1]), read_terms)
 
 
+@dataclass
+class UnreadLog:
+    """A step's log on the latent's device; read() brings it to the host in one transfer."""
+    step: int
+    losses: list
+    peaks: list
+    iterations: torch.Tensor
+    skipped: torch.Tensor
+    terms: list
+
+    def read(self) -> StepLog:
+        return StepLog.read(self.step, self.losses, self.peaks, self.iterations, self.skipped, self.terms)
+
+
 def _descend(x: torch.Tensor, at: Evaluation, step_size: float, skipped: torch.Tensor, rows=None) -> torch.Tensor:
     """One gradient step on the rows that are moving (all by default). A row whose loss or
     gradient is not finite (an fp16 overflow) keeps its latent, and `skipped` counts it."""
@@ -81,7 +96,7 @@ def _descend(x: torch.Tensor, at: Evaluation, step_size: float, skipped: torch.T
 def excite(x: torch.Tensor, evaluate: Evaluate, step: int, step_size: float, alter: bool,
            threshold: Optional[float], max_refinement: int,
            on_iteration: Callable[[int], None] = lambda i: None,
-           unmet: Callable[[Evaluation, float], torch.Tensor] = peak_unmet) -> tuple[torch.Tensor, StepLog]:
+           unmet: Callable[[Evaluation, float], torch.Tensor] = peak_unmet) -> tuple[torch.Tensor, UnreadLog]:
     """Returns the moved latent and the log of every evaluation at this step.
 
     As the reference: refinement runs while a row is short of the threshold (unmet; for
@@ -108,4 +123,4 @@ def excite(x: torch.Tensor, evaluate: Evaluate, step: int, step_size: float, alt
             active = still
     if alter:
         x = _descend(x, at, step_size, skipped)
-    return x.detach(), StepLog.read(step, losses, peaks, iterations, skipped, terms if at.terms else ())
+    return x.detach(), UnreadLog(step, losses, peaks, iterations, skipped, terms if at.terms else [])

@@ -1,5 +1,5 @@
-"""The guidance pass as one CUDA graph: captured once per sampling call and replayed for
-every guided step and refinement iteration.
+"""The guidance pass as one CUDA graph: captured in a sampling call, replayed for every
+guided step and refinement iteration, and kept for the next call with the same inputs.
 
 Run eagerly, the pass (truncated forward with maps, loss, backward to the latent) spends
 most of its wall time launching kernels while the GPU waits. A replay launches them all
@@ -8,9 +8,13 @@ the pass changes between steps but the latent and sigma; elsewhere the pass runs
 with the same results, and the log says why.
 """
 import contextlib
+import itertools
 import os
+import weakref
 
 import torch
+
+import comfy.model_management
 
 from ..core.excite import Evaluation
 
@@ -87,6 +91,11 @@ class CapturedPass:
         self.outputs = None      # (loss, peaks, maps, grad) the graph writes
         self.stream = None
 
+    @property
+    def ready(self) -> bool:
+        """Captured: the next call only replays."""
+        return self.graph is not None
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[Evaluation, torch.Tensor]:
         """The evaluation at x and the subject maps, valid until the next call."""
         if self.static is None:
@@ -133,3 +142,91 @@ class CapturedPass:
                 raise CaptureFailed(str(error).splitlines()[0] if str(error) else type(error).__name__) from error
             graph.capture_end()
         self.graph, self.outputs = graph, outputs
+
+
+def replay_key(x: torch.Tensor, base_model, modules: list[torch.nn.Module], pass_inputs: tuple) -> tuple:
+    """What a replay reads besides the latent's and sigma's values and the conditioning (compared
+    apart, by value): a graph replays raw addresses, so the weights' memory, their versions where
+    autograd tracks them (ComfyUI's inference tensors have none: there, the patches ComfyUI applied
+    to them stand for their content), the model's dtypes, the latent's layout and the pass's own
+    inputs (subjects, smoothing, recorded blocks)."""
+    weights = tuple((t.data_ptr(), t.dtype, t.shape, None if t.is_inference() else t._version)
+                    for module in modules for t in itertools.chain(module.parameters(), module.buffers()))
+    return (id(base_model), getattr(base_model, "current_weight_patches_uuid", None), base_model.get_dtype(),
+            getattr(base_model, "manual_cast_dtype", None), weights, tuple(x.shape), x.dtype, x.device, pass_inputs)
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and \
+            a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(u, v) for u, v in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except (TypeError, ValueError, RuntimeError):   # no equality that yields one truth value: not known the same
+        return False
+
+
+# Set anew by ComfyUI for every sampling call, whatever its inputs.
+PER_CALL_ENTRY_KEYS = {"uuid"}
+
+
+def same_conditioning(a: dict, b: dict) -> bool:
+    """Whether two conditioning entries give the model the same inputs: each model cond of the
+    same kind and value, the other fields (area, strength, mask, subjects) equal."""
+    keys = a.keys() - PER_CALL_ENTRY_KEYS
+    if keys != b.keys() - PER_CALL_ENTRY_KEYS or a["model_conds"].keys() != b["model_conds"].keys():
+        return False
+    for name, cond in a["model_conds"].items():
+        other = b["model_conds"][name]
+        if type(cond) is not type(other) or not _same_value(getattr(cond, "cond", cond), getattr(other, "cond", other)):
+            return False
+    return all(_same_value(a[key], b[key]) for key in keys - {"model_conds"})
+
+
+def _loaded_model_of(base_model):
+    """ComfyUI's record of the model as loaded: it drops it when it unloads the model, or loads a
+    clone with other weight patches in its place."""
+    return next((loaded for loaded in comfy.model_management.current_loaded_models
+                 if getattr(loaded.model, "model", None) is base_model), None)
+
+
+class GraphCache:
+    """The last captured pass, replayed by the next sampling call with the same key and
+    conditioning. Freed on a miss (before the new pass is captured), when ComfyUI unloads its
+    model or swaps in another patched clone, and on demand (out of memory)."""
+
+    def __init__(self):
+        self._kept = None     # (key, conditioning entry, CapturedPass, finalizer)
+
+    def take(self, key: tuple, entry: dict) -> CapturedPass | None:
+        if self._kept is not None:
+            kept_key, kept_entry, captured, _ = self._kept
+            if kept_key == key and same_conditioning(kept_entry, entry):
+                return captured
+            self.clear()
+        return None
+
+    def keep(self, key: tuple, entry: dict, captured: CapturedPass, base_model):
+        if self._kept is not None and self._kept[2] is captured:
+            return
+        self.clear()
+        loaded = _loaded_model_of(base_model)
+        if captured.ready and loaded is not None:
+            self._kept = (key, entry, captured, weakref.finalize(loaded, self.clear))
+
+    def clear(self):
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept[3].detach()
+
+    def __len__(self) -> int:
+        return int(self._kept is not None)
+
+
+GRAPHS = GraphCache()

@@ -13,7 +13,7 @@ import comfy.samplers
 from ..core.excite import Evaluation
 from ..core.losses import Words, guidance_loss, retention_masks
 from ..core.maps import SubjectScorer, gaussian_kernel
-from .capture import CaptureFailed, CapturedPass, capture_blockers
+from .capture import GRAPHS, CaptureFailed, CapturedPass, capture_blockers, replay_key
 from .recorder import ForwardDone
 
 
@@ -143,6 +143,10 @@ class GuidancePass:
         self.conds = None
         self.model_options = None
         self.captured = None      # CapturedPass, where this call's pass can be a CUDA graph
+        self.replay_key = None
+        # What else the pass computes from (its subjects, smoothing, recorded blocks): part of a graph's key.
+        self.pass_inputs = (loss, tuple(map(tuple, subjects)), tuple(kept.tolist()), kernel_size, sigma,
+                            type(recorder).__name__, tuple(recorder.blocks))
         self.mode = ""            # "CUDA graph", or "eager: " and why
         self.last_maps = None     # (B, S, h, w) of the latest evaluation
         # ComfyUI adds a ControlNet's output to the UNet's skip connections, and Flux's blocks
@@ -206,8 +210,16 @@ class GuidancePass:
             (logging.debug if x.device.type != "cuda" else logging.info)("Attend-and-Excite: the guidance pass runs %s",
                                                                          self.mode)
         else:
-            self.captured, self.mode = CapturedPass(self.forward), "CUDA graph"
+            self.replay_key = replay_key(x, self.base_model, self.modules, self.pass_inputs)
+            kept = GRAPHS.take(self.replay_key, self.conds[0][0])
+            self.captured = kept or CapturedPass(self.forward)
+            self.mode = "CUDA graph, kept from the previous run" if kept else "CUDA graph"
 
-    def close(self):
-        """Frees the captured graph and its memory."""
+    def close(self, keep: bool = True):
+        """Keeps the captured graph for the next sampling call, or frees it and its memory."""
+        if self.captured is not None:
+            if keep:
+                GRAPHS.keep(self.replay_key, self.conds[0][0], self.captured, self.base_model)
+            else:
+                GRAPHS.clear()
         self.captured = None

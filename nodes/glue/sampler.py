@@ -126,6 +126,7 @@ class GuidedRun:
                             sampler_name)
         self.calls_at = {}
         self.moved = {}
+        self.unread = []      # (UnreadLog, maps) of each guided step
         self.record = record
         self.weights = contextlib.ExitStack()
         self.weights_swapped = False
@@ -183,29 +184,37 @@ class GuidedRun:
                 self.guidance.end_step()
         except torch.OutOfMemoryError:
             out_of_memory = True     # raised below, once this error's frames (and the graph) are released
-        finally:
-            if not self.pending or out_of_memory:
-                self.close()
         if out_of_memory:
+            self.close(keep_graph=False)
             raise torch.OutOfMemoryError(
                 f"Attend-and-Excite ran out of memory in its guidance pass (latent {tuple(x.shape)}, step {step + 1}): "
                 f"lower the image size or the batch size, or max_refinement; the model was left as it was")
-        self.record.add(log, self.guidance.last_maps)
-        self.record.guidance_pass = self.guidance.mode
-        if log.skipped_updates:
-            logging.warning("Attend-and-Excite step %d: %d latent updates skipped because the loss or its gradient "
-                            "was not finite (an fp16 overflow?); those latents were left as they were", step + 1,
-                            log.skipped_updates)
-        logging.info("Attend-and-Excite step %d (%s): loss %s -> %s, peaks %s, refinement iterations %s%s", step + 1,
-                     self.loss, _rounded(log.losses[0]), _rounded(log.losses[-1]), _rounded(log.peaks[-1]),
-                     log.refinement_iterations,
-                     "".join(f", {name} {_rounded(values[-1])}" for name, values in log.terms.items()))
+        self.unread.append((log, self.guidance.last_maps.clone()))   # a captured pass rewrites its maps
         x.copy_(moved)
         self.moved[step] = x.data_ptr()
+        if not self.pending:    # the weights put back, the logs read, before the unguided steps
+            self.close()
 
-    def close(self):
-        self.guidance.close()
+    def close(self, keep_graph: bool = True):
+        self.guidance.close(keep_graph)
         self.weights.close()
+        self._read_logs()
+
+    def _read_logs(self):
+        """Every guided step's log and maps, read from the device once the steps are done."""
+        self.record.guidance_pass = self.guidance.mode
+        for unread, maps in self.unread:
+            log = unread.read()
+            self.record.add(log, maps)
+            if log.skipped_updates:
+                logging.warning("Attend-and-Excite step %d: %d latent updates skipped because the loss or its "
+                                "gradient was not finite (an fp16 overflow?); those latents were left as they were",
+                                log.step + 1, log.skipped_updates)
+            logging.info("Attend-and-Excite step %d (%s): loss %s -> %s, peaks %s, refinement iterations %s%s",
+                         log.step + 1, self.loss, _rounded(log.losses[0]), _rounded(log.losses[-1]),
+                         _rounded(log.peaks[-1]), log.refinement_iterations,
+                         "".join(f", {name} {_rounded(values[-1])}" for name, values in log.terms.items()))
+        self.unread = []
 
 
 class GuidedModel:

@@ -189,6 +189,7 @@ def test_refinement_loop_matches_the_reference_row_by_row():
     with torch.enable_grad():
         moved, log = excite_mod.excite(rows, evaluate, step=0, step_size=2.0, alter=True, threshold=0.6,
                                        max_refinement=5)
+        log = log.read()
         for i, row in enumerate(rows):
             expected, iterations = reference_refinement(row, toy_score, 2.0, 0.6, 5)
             assert torch.allclose(moved[i], expected, atol=1e-6)
@@ -207,6 +208,7 @@ def test_a_row_with_a_non_finite_gradient_keeps_its_latent_and_is_counted():
 
     with torch.enable_grad():
         moved, log = excite_mod.excite(x, evaluate, 0, 1.0, alter=True, threshold=0.9, max_refinement=2)
+        log = log.read()
     assert torch.isfinite(moved).all()
     assert torch.equal(moved[1], x[1]) and not torch.equal(moved[0], x[0]) and torch.equal(moved[0], moved[2])
     assert log.skipped_updates == 3            # row 1: two refinement updates and the step's own update
@@ -223,6 +225,7 @@ def test_no_refinement_and_no_alter_leaves_the_latent():
 
     with torch.enable_grad():
         same, log = excite_mod.excite(x, evaluate, 0, 1.0, alter=False, threshold=None, max_refinement=20)
+        log = log.read()
         moved, _ = excite_mod.excite(x, evaluate, 0, 0.25, alter=True, threshold=None, max_refinement=20)
     assert torch.equal(same, x) and len(log.losses) == 1
     assert torch.allclose(moved, x - 0.25 * 2 * x)
@@ -252,6 +255,7 @@ def test_a_step_reads_the_host_once_per_refinement_iteration_and_once_for_its_lo
 
     with torch.enable_grad(), HostReads() as reads:
         _, log = excite_mod.excite(rows, evaluate, 0, 2.0, alter=True, threshold=0.6, max_refinement=max_refinement)
+        log = log.read()
     loops = max(log.refinement_iterations)
     assert loops == max(1, min(max_refinement, 5))     # as the reference, a cap of 0 still runs one
     assert reads.count == (loops + 1) + 1     # each loop test, the last one included, and the log

@@ -11,7 +11,7 @@ import torch
 import comfy.ldm.modules.attention as attention
 import support
 from attend_and_excite.nodes.core.record import AttentionRecord
-from attend_and_excite.nodes.glue.capture import EAGER_VARIABLE
+from attend_and_excite.nodes.glue.capture import EAGER_VARIABLE, GRAPHS
 from attend_and_excite.nodes.glue.sampler import attend_excite_sampler
 
 pytestmark = pytest.mark.skipif(comfy.model_management.get_torch_device().type != "cuda",
@@ -105,6 +105,28 @@ def test_a_patch_in_the_pass_forces_the_eager_pass_with_the_same_result(monkeypa
     assert max(errors.values()) <= 1e-5
 
 
+def test_the_next_call_replays_the_kept_graph_and_a_lora_captures_anew(monkeypatch):
+    model = model_of(torch.float32)
+    settings = support.forced(max_refinement=2)
+    _, record = sample(model, settings)
+    again, again_record = sample(model, settings)
+    eager, eager_record = sample(model, settings, eager=True, monkeypatch=monkeypatch)
+    assert (record.guidance_pass, again_record.guidance_pass) == ("CUDA graph", "CUDA graph, kept from the previous run")
+    replayed = errors_of(again, again_record, eager, eager_record)
+    lora = model.clone()
+    key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    weight = model.model.state_dict()[key]
+    lora.add_patches({key: (torch.randn(weight.shape, generator=torch.Generator().manual_seed(9)).to(weight),)}, 0.5)
+    patched, patched_record = sample(lora, settings)
+    patched_eager, patched_eager_record = sample(lora, settings, eager=True, monkeypatch=monkeypatch)
+    recaptured = errors_of(patched, patched_record, patched_eager, patched_eager_record)
+    print(f"kept graph against eager: {replayed}; LoRA, captured anew, against eager: {recaptured}")
+    assert patched_record.guidance_pass == "CUDA graph"
+    assert max(replayed.values()) <= 1e-5 and max(recaptured.values()) <= 1e-5
+    comfy.model_management.unload_all_models()
+    assert len(GRAPHS) == 0
+
+
 def test_an_interrupt_between_replays_leaves_nothing_behind():
     model = model_of(torch.float32)
     settings = support.forced(thresholds={0: 1.0, 3: 1.0}, steps_to_alter=3, max_refinement=3)
@@ -119,10 +141,12 @@ def test_an_interrupt_between_replays_leaves_nothing_behind():
     comfy.model_management.interrupt_current_processing(False)
     assert all(p.is_inference() for p in model.model.diffusion_model.parameters())   # the weights put back
     assert not model.model_options["transformer_options"]
-    assert settled_memory() == allocated      # the graph and its memory pool were freed
+    assert settled_memory() == allocated      # nothing more than the kept graph and its pool
     again, _ = sample(model, settings)
     assert relative_error(again, clean) <= 1e-5
     assert settled_memory() == allocated
+    GRAPHS.clear()
+    assert settled_memory() < allocated       # freeing the kept graph frees its pool
 
 
 def settled_memory() -> int:
