@@ -105,13 +105,26 @@ def chips(page) -> dict:
                    [c.dataset.positions, c.classList.contains("ae-chosen"), c.classList.contains("ae-auto")]]))""")
 
 
+def served_text(ui, name: str) -> tuple[int, str]:
+    """(status, text) of a file of the package's docs, fetched by the page."""
+    return tuple(ui.page.evaluate("async (url) => { const r = await fetch(url); return [r.status, await r.text()]; }",
+                                  f"{OUR_SCRIPT}docs/{name}"))
+
+
 def test_extension_and_help_pages_load(ui):
     assert ui.page.evaluate(f"() => {APP}.extensions.filter(e => e.name.startsWith('attend_excite')).length") == 1
     for node_id in ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
-                    "AttendExciteHeatmapOverlay"):
-        page = ui.page.evaluate("async (url) => { const r = await fetch(url); return [r.status, await r.text()]; }",
-                                f"{OUR_SCRIPT}docs/{node_id}.md")
-        assert page[0] == 200 and page[1].startswith("# "), node_id
+                    "AttendExciteHeatmapOverlay", "AttendExciteAttentionBoost", "AttendExciteDemoModelLoader"):
+        status, text = served_text(ui, f"{node_id}.md")
+        assert status == 200 and text.startswith("# "), node_id
+    # What the help pages link to and show, served beside them.
+    status, text = served_text(ui, "troubleshooting.md")
+    assert status == 200 and text.startswith("# Troubleshooting")
+    for picture in ("heatmaps.jpg", "peak_plot.jpg", "overlay.jpg"):
+        status, kind, size = ui.page.evaluate("""async (url) => { const r = await fetch(url);
+            return [r.status, r.headers.get("content-type"), (await r.arrayBuffer()).byteLength]; }""",
+                                              f"{OUR_SCRIPT}docs/{picture}")
+        assert (status, kind) == (200, "image/jpeg") and size > 5000, picture
     assert our_errors(ui) == []
 
 

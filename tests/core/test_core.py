@@ -245,7 +245,7 @@ class HostReads(TorchFunctionMode):
 
 
 @pytest.mark.parametrize("max_refinement", [0, 1, 5])
-def test_a_step_reads_the_host_once_per_refinement_iteration_and_once_for_its_log(max_refinement):
+def test_a_step_reads_the_host_once_per_refinement_iteration_and_its_log_only_when_read(max_refinement):
     rows = torch.tensor([[0.1, 0.2], [1.4, 1.4], [-2.0, 0.0]])
 
     def evaluate(x):
@@ -254,11 +254,24 @@ def test_a_step_reads_the_host_once_per_refinement_iteration_and_once_for_its_lo
         return excite_mod.Evaluation.of(leaf, loss, (1 - loss)[:, None])
 
     with torch.enable_grad(), HostReads() as reads:
-        _, log = excite_mod.excite(rows, evaluate, 0, 2.0, alter=True, threshold=0.6, max_refinement=max_refinement)
-        log = log.read()
+        _, unread = excite_mod.excite(rows, evaluate, 0, 2.0, alter=True, threshold=0.6,
+                                      max_refinement=max_refinement)
+    with HostReads() as log_reads:
+        log = unread.read()
     loops = max(log.refinement_iterations)
     assert loops == max(1, min(max_refinement, 5))     # as the reference, a cap of 0 still runs one
-    assert reads.count == (loops + 1) + 1     # each loop test, the last one included, and the log
+    assert reads.count == loops + 1       # each loop test, the last one included
+    assert log_reads.count == 1           # the whole log in one transfer
+
+
+def test_a_step_without_refinement_reads_nothing():
+    def evaluate(x):
+        leaf = x.clone().requires_grad_(True)
+        return excite_mod.Evaluation.of(leaf, (leaf ** 2).sum(-1), leaf[:, :1])
+
+    with torch.enable_grad(), HostReads() as reads:
+        excite_mod.excite(torch.ones(2, 3), evaluate, 0, 1.0, alter=True, threshold=None, max_refinement=20)
+    assert reads.count == 0
 
 
 @pytest.mark.parametrize("size, kernel_size", [(1, 3), (2, 5), (4, 15)])

@@ -1,0 +1,149 @@
+"""The user documentation stays true to the code: every message the package raises or warns
+with is on the troubleshooting page, every path, make target and node the README names exists,
+and every help page's links land on an entry of that page."""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TROUBLESHOOTING = ROOT / "js" / "docs" / "troubleshooting.md"
+README = ROOT / "README.md"
+SHORTEST_CHUNK = 12     # shorter literal pieces ("; known: ") say nothing on their own
+WARNING_CALLS = {"warning", "error", "warn"}
+REASON_LISTS = {"reasons", "blockers"}      # the eager-pass reasons, shown in the log
+
+
+def _literal_chunks(node) -> list[str] | None:
+    """The fixed text of a message expression, split where a value is put in; None if it has none."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return re.split(r"%[sdrf]", node.value)
+    if isinstance(node, ast.JoinedStr):
+        chunks, current = [], ""
+        for value in node.values:
+            if isinstance(value, ast.Constant):
+                current += value.value
+            else:
+                chunks.append(current)
+                current = ""
+        return chunks + [current]
+    return None
+
+
+def _message_argument(node):
+    if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args:
+        return node.exc.args[0]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+        owner = node.func.value
+        if node.func.attr in WARNING_CALLS or \
+                node.func.attr == "append" and isinstance(owner, ast.Name) and owner.id in REASON_LISTS:
+            return node.args[0]
+    if isinstance(node, ast.FunctionDef) and node.name == "validate_inputs":
+        returned = [r.value for r in ast.walk(node) if isinstance(r, ast.Return)]
+        return next((value for value in returned if isinstance(value, ast.JoinedStr)), None)
+    return None
+
+
+def messages_of(source: str, name: str) -> list[tuple[str, list[str]]]:
+    """(where, the message's fixed pieces) of every raise, warning, eager-pass reason and
+    validation message in a module."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        argument = _message_argument(node)
+        chunks = _literal_chunks(argument) if argument is not None else None
+        if chunks is not None:
+            found.append((f"{name}:{node.lineno}", chunks))
+    return found
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def undocumented(messages: list[tuple[str, list[str]]], page: str) -> list[str]:
+    text = _normalised(page)
+    return [f"{where}: {'…'.join(chunks)!r}" for where, chunks in messages
+            if any(len(chunk.strip()) >= SHORTEST_CHUNK and _normalised(chunk) not in text for chunk in chunks)]
+
+
+def package_messages() -> list[tuple[str, list[str]]]:
+    return [m for path in sorted((ROOT / "nodes").rglob("*.py"))
+            for m in messages_of(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
+
+
+def test_every_message_the_package_gives_is_on_the_troubleshooting_page():
+    messages = package_messages()
+    assert len(messages) >= 45      # the collector still finds them: raises, warnings, reasons, validation
+    assert undocumented(messages, TROUBLESHOOTING.read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize("planted", [
+    'raise ValueError(f"the frobnicator {name} is out of tune; retune it")',
+    'logging.warning("Attend-and-Excite: the frobnicator is %s degrees out of tune", 3)',
+    'reasons.append("the frobnicator is out of tune")',
+    'def validate_inputs(cls, x):\n    return f"frobnicator {x} is out of tune"',
+])
+def test_a_planted_undocumented_message_is_found(planted):
+    source = "\n".join(path.read_text(encoding="utf-8") for path in (ROOT / "nodes" / "glue").glob("*.py"))
+    page = TROUBLESHOOTING.read_text(encoding="utf-8")
+    assert undocumented(messages_of(source, "glue"), page) == []
+    missing = undocumented(messages_of(source + "\n" + planted + "\n", "glue"), page)
+    assert len(missing) == 1 and "frobnicator" in missing[0]
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: str) -> set[str]:
+    return {slug(line.lstrip("#")) for line in page.splitlines() if line.startswith("#")}
+
+
+def node_ids() -> set[str]:
+    return set(re.findall(r'node_id="(\w+)"', "".join(p.read_text() for p in (ROOT / "nodes").glob("*.py"))))
+
+
+def test_every_node_has_a_help_page_whose_troubleshooting_links_land():
+    targets = anchors(TROUBLESHOOTING.read_text(encoding="utf-8"))
+    assert len(node_ids()) == 7
+    for node in node_ids():
+        page = (ROOT / "js" / "docs" / f"{node}.md").read_text(encoding="utf-8")
+        links = re.findall(r"\(troubleshooting\.md#([\w-]+)\)", page)
+        assert links, f"{node}'s help page links to no troubleshooting entry"
+        assert set(links) <= targets, f"{node}: {set(links) - targets} are not entries of the page"
+        for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page):
+            assert (ROOT / "js" / "docs" / image).is_file(), image
+
+
+def readme() -> str:
+    return README.read_text(encoding="utf-8")
+
+
+def test_the_readme_is_short():
+    assert len(readme().splitlines()) <= 250
+
+
+def test_every_path_the_readme_names_exists():
+    text = readme()
+    named = set(re.findall(r"`([\w./-]+/[\w./-]*|[\w-]+\.(?:json|py|md|toml|txt|jpg|safetensors))`", text))
+    named |= {link for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text)}
+    written = {".comfy/"}     # made by the commands
+    checkpoints = {n for n in named if n.endswith(".safetensors") and not n.startswith("nodes/")}
+    missing = sorted(n for n in named - written - checkpoints
+                     if not n.startswith(("out/", "/", "http")) and not (ROOT / n).exists()
+                     and not (ROOT / "example_workflows" / n).exists())
+    assert len(named) > 15 and missing == []
+
+
+def test_every_make_target_and_node_the_readme_names_exists():
+    text = readme()
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    used = set(re.findall(r"make ([a-z][\w-]*)", text))
+    assert used and used <= targets, used - targets
+    ids = set(re.findall(r"`(AttendExcite\w+)`", text))
+    assert ids == node_ids()
+    displays = set(re.findall(r'display_name="([^"]+)"', "".join(p.read_text() for p in (ROOT / "nodes").glob("*.py"))))
+    for name in re.findall(r"\*\*([^*]+)\*\* \(`AttendExcite", text):
+        assert name in displays, name
