@@ -188,7 +188,8 @@ class GuidedRun:
             self.close(keep_graph=False)
             raise torch.OutOfMemoryError(
                 f"Attend-and-Excite ran out of memory in its guidance pass (latent {tuple(x.shape)}, step {step + 1}): "
-                f"lower the image size or the batch size, or max_refinement; the model was left as it was")
+                f"lower the image size or the batch size (the pass keeps the activations of the blocks it runs for its "
+                f"backward, whatever the refinement); the model was left as it was")
         self.unread.append((log, self.guidance.last_maps.clone()))   # a captured pass rewrites its maps
         x.copy_(moved)
         self.moved[step] = x.data_ptr()
