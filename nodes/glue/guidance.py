@@ -206,6 +206,7 @@ class GuidancePass:
             blockers.append(f"the {self.loss} loss runs eagerly (only attend_and_excite's pass is captured)")
         self.model_options = with_backward_attention(self.recorder.install(model_options))
         if blockers:
+            GRAPHS.clear()   # its memory may be what pushed the model off the GPU (low-VRAM loading)
             self.mode = "eager: " + "; ".join(blockers)
             (logging.debug if x.device.type != "cuda" else logging.info)("Attend-and-Excite: the guidance pass runs %s",
                                                                          self.mode)

@@ -118,6 +118,13 @@ def test_each_other_input_misses(model, passes, change):
     assert torch.equal(changed, fresh)
 
 
+def test_a_run_that_cannot_be_captured_frees_the_kept_pass(model, passes, monkeypatch):
+    run(model)
+    monkeypatch.setattr(guidance, "capture_blockers", lambda *args: ["the model is not fully loaded on the GPU"])
+    _, record = run(model)
+    assert record.guidance_pass == "eager: the model is not fully loaded on the GPU" and len(GRAPHS) == 0
+
+
 def test_out_of_memory_frees_the_kept_pass(model, passes):
     run(model)
     passes[0].fail = True
