@@ -67,6 +67,12 @@ def kept_columns(token_count: int, chunk_length: int, end_columns: list[int], dr
     return torch.tensor(kept, dtype=torch.long)
 
 
+def token_softmax(attention: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """(..., T) attention probabilities -> (..., len(kept)): the kept columns sharpened by the
+    x100 softmax, the map of every prompt token as the loss reads it."""
+    return torch.softmax(attention[..., kept] * SHARPENING, dim=-1)
+
+
 class SubjectScorer:
     """Smoothed peak attention per subject; the column bookkeeping is done once here,
     not at every guidance pass."""
@@ -96,8 +102,7 @@ class SubjectScorer:
         subject's smoothed map, the strongest of its pieces at every position."""
         batch, height, width, _ = attention.shape
         device = attention.device
-        sharpened = torch.softmax(attention[..., self.kept.to(device)] * SHARPENING, dim=-1)
-        picked = sharpened[..., self.picked.to(device)]                          # (B, h, w, C)
+        picked = token_softmax(attention, self.kept.to(device))[..., self.picked.to(device)]   # (B, h, w, C)
         pieces = picked.permute(0, 3, 1, 2).reshape(-1, 1, height, width)
         pad = self.kernel.shape[-1] // 2
         # The reference reflects; a map no larger than the padding (a tiny image, a large

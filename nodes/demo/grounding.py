@@ -3,8 +3,10 @@ the demo model to put it there.
 
 The metrics are DAAM's and TokenCompose's: the pointing game (the map's strongest cell
 lies on the shape, its mask dilated by one cell) and the share of the map's mass inside
-the shape. The training term is TokenCompose's (Wang et al., CVPR 2024): the squared
-share of mass outside the shape plus a per-cell binary cross-entropy to its mask.
+the shape. The training term is TokenCompose's per-cell binary cross-entropy to the
+shape's mask (Wang et al., CVPR 2024), taken on the map as Attend-and-Excite reads it
+(after its x100 softmax over the prompt's tokens), so that the kind word wins its shape's
+cells there and the peak the loss reads tells a drawn shape from a missing one.
 Pure torch: maps and masks are (..., cells) over the same grid."""
 import torch
 import torch.nn.functional as F
@@ -24,9 +26,7 @@ def pointing_hits(attention: torch.Tensor, mask: torch.Tensor, side: int) -> tor
     return dilated.gather(-1, attention.argmax(-1, keepdim=True))[..., 0]
 
 
-def grounding_loss(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over maps of (1 - mass inside)^2 + BCE(map, mask): attention probabilities
-    drawn onto the shape, and raised there against the other tokens'."""
-    outside = (1 - mass_inside(attention, mask)) ** 2
-    pixels = F.binary_cross_entropy(attention.clamp(1e-6, 1 - 1e-6), mask, reduction="none").mean(-1)
-    return (outside + pixels).mean()
+def grounding_loss(readout: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over maps of the per-cell binary cross-entropy of a word's sharpened map (each
+    cell's share of the x100 token softmax) to its shape's mask (each cell's covered share)."""
+    return F.binary_cross_entropy(readout.clamp(1e-6, 1 - 1e-6), mask, reduction="none").mean(-1).mean()

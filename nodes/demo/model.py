@@ -1,11 +1,12 @@
 """The demo model: a small SD1-style text-to-image model (UNet from ComfyUI's SD15 config,
 an SD1 CLIP text model with ComfyUI's bundled tokenizer, a KL autoencoder), trained by
-tests/harness/train_demo.py on pictures of coloured shapes (shapes.py)."""
+tests/harness/train_demo.py on pictures of shapes captioned with their kinds (shapes.py)."""
 import json
 import os
 
 import torch
 
+import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
@@ -17,7 +18,7 @@ import comfy.utils
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attend_excite_shapes.safetensors")
 
 UNET = dict(image_size=16, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1, 1, 1],
-            channel_mult=[1, 2, 2], transformer_depth=[0, 1, 1], transformer_depth_output=[0, 0, 1, 1, 1, 1],
+            channel_mult=[1, 2, 2], transformer_depth=[1, 1, 1], transformer_depth_output=[1, 1, 1, 1, 1, 1],
             transformer_depth_middle=1, context_dim=64, use_spatial_transformer=True, legacy=False,
             use_linear_in_transformer=True, adm_in_channels=None, use_temporal_attention=False,
             use_temporal_resblock=False, use_checkpoint=False)
@@ -35,8 +36,13 @@ TOKEN_ROWS = "token_rows"
 
 class AttendExciteShapesDemo(comfy.supported_models.SD15):
     """The demo model's config: SD1.x in every respect but the heads (32 channels each, not
-    8 per block); its own name tells the sampler to record the maps at latent/2."""
+    8 per block) and v-prediction (as SD2.x's 768 px models: with epsilon prediction a model
+    this small barely reads its caption); its own name tells the sampler to record the maps
+    at the latent's own size."""
     unet_extra_config = {"num_heads": -1, "num_head_channels": 32}
+
+    def model_type(self, state_dict, prefix=""):
+        return comfy.model_base.ModelType.V_PREDICTION
 
 
 def build_unet(dtype=torch.float32, unet=UNET):
@@ -77,11 +83,21 @@ def unpack(state: dict, prefix: str) -> dict:
     return part
 
 
+def vocabulary(path: str = WEIGHTS) -> tuple:
+    """The kind words the weights were trained on (their training settings), the shipped vocabulary by default."""
+    from safetensors import safe_open
+    from .shapes import SHAPES
+    with safe_open(path, "pt") as f:
+        settings = json.loads((f.metadata() or {}).get("settings", "{}"))
+    return tuple(settings["kinds"].split(",")) if "kinds" in settings else SHAPES
+
+
 def load(path: str = WEIGHTS):
     """(MODEL, CLIP, VAE) as ComfyUI's checkpoint loader returns them."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"the demo model's weights are missing ({path}); reinstall the package, or "
-                                f"train them again with 'make demo-model'")
+        raise FileNotFoundError(f"the demo model's weights are missing ({path}, about 6 MB): update or reinstall "
+                                f"the pack (ComfyUI-Manager: Try update or Try fix; a git clone: git pull), "
+                                f"which puts the file back in that folder")
     state, metadata = comfy.utils.load_torch_file(path, return_metadata=True)
     unet_config = json.loads((metadata or {}).get("unet", "null")) or UNET
     vae_config = json.loads((metadata or {}).get("vae", "null")) or VAE

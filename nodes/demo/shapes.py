@@ -1,33 +1,30 @@
-"""Procedural pictures of one or two coloured shapes on a plain background, and their
-captions: the demo model's training data and the fidelity benchmark's vocabulary."""
+"""Procedural pictures of one or two light shapes on a dark background, and their captions
+(kind words only: 'a circle', 'a circle and a square'): the demo model's training data and
+the fidelity benchmark's vocabulary."""
 from dataclasses import dataclass
 
 import torch
 
-COLOURS = {"red": (0.86, 0.16, 0.16), "green": (0.16, 0.66, 0.24), "blue": (0.16, 0.31, 0.86),
-           "yellow": (0.92, 0.80, 0.12)}
-SHAPES = ("circle", "square", "triangle")
-BACKGROUND = (0.95, 0.95, 0.95)
+KINDS = ("circle", "square", "triangle", "cross")    # every kind the pictures and the detector know
+SHAPES = ("circle", "square", "triangle")             # the shipped demo model's vocabulary
+CROSS_ARM = 1 / 3          # a cross's arms are this share of its box's side wide
+INK = (0.94, 0.94, 0.94)
+BACKGROUND = (0.06, 0.06, 0.06)
 IMAGE_SIZE = 128
-RADII = (16.0, 26.0)       # half the side of the shape's box, in pixels of IMAGE_SIZE
+RADII = (18.0, 28.0)       # half the side of the shape's box, in pixels of IMAGE_SIZE: 4.5 to 7 cells of 8 px
 GAP = 4.0                  # the least distance between two shapes' boxes
 
 
 @dataclass(frozen=True)
 class Shape:
-    colour: str
     kind: str
     x: float       # centre, pixels
     y: float
     radius: float  # half the side of its box
 
-    @property
-    def subject(self) -> str:
-        return f"{self.colour} {self.kind}"
-
 
 def caption(shapes: list[Shape]) -> str:
-    return " and ".join(f"a {s.subject}" for s in shapes)
+    return " and ".join(f"a {s.kind}" for s in shapes)
 
 
 def signed_distance(kind: str, dx: torch.Tensor, dy: torch.Tensor, radius: float) -> torch.Tensor:
@@ -38,7 +35,12 @@ def signed_distance(kind: str, dx: torch.Tensor, dy: torch.Tensor, radius: float
         return torch.maximum(dx.abs(), dy.abs()) - radius
     if kind == "triangle":     # apex (0, -r), base corners (+-r, r): sides 2|x| - y = r
         return torch.maximum(dy - radius, (2 * dx.abs() - dy - radius) / 5 ** 0.5)
-    raise ValueError(f"unknown shape {kind!r}; known: {', '.join(SHAPES)}")
+    if kind == "cross":        # an upright plus: the union of a bar across and a bar down its box
+        arm = CROSS_ARM * radius
+        across = torch.maximum(dx.abs() - radius, dy.abs() - arm)
+        down = torch.maximum(dx.abs() - arm, dy.abs() - radius)
+        return torch.minimum(across, down)
+    raise ValueError(f"unknown shape {kind!r}; known: {', '.join(KINDS)}")
 
 
 def coverage(shape: Shape, size: int = IMAGE_SIZE) -> torch.Tensor:
@@ -50,9 +52,10 @@ def coverage(shape: Shape, size: int = IMAGE_SIZE) -> torch.Tensor:
 def draw(shapes: list[Shape], size: int = IMAGE_SIZE) -> torch.Tensor:
     """(3, size, size) in [0, 1]."""
     image = torch.tensor(BACKGROUND).view(3, 1, 1).expand(3, size, size).clone()
+    ink = torch.tensor(INK).view(3, 1, 1)
     for s in shapes:
         cover = coverage(s, size)
-        image = image * (1 - cover) + torch.tensor(COLOURS[s.colour]).view(3, 1, 1) * cover
+        image = image * (1 - cover) + ink * cover
     return image
 
 
@@ -71,32 +74,31 @@ def _pick(generator: torch.Generator, options):
     return options[int(torch.randint(len(options), (), generator=generator))]
 
 
-def random_scene(generator: torch.Generator, two_shapes: bool, size: int = IMAGE_SIZE) -> list[Shape]:
-    """One shape, or two of different colours and kinds whose boxes keep GAP apart."""
-    colours, kinds = list(COLOURS), list(SHAPES)
-    shapes = []
-    for _ in range(2 if two_shapes else 1):
-        colour = _pick(generator, [c for c in colours if all(c != s.colour for s in shapes)])
-        kind = _pick(generator, [k for k in kinds if all(k != s.kind for s in shapes)])
-        while True:
+def random_scene(generator: torch.Generator, two_shapes: bool, size: int = IMAGE_SIZE,
+                 kinds: tuple = SHAPES) -> list[Shape]:
+    """One shape, or two of different kinds whose boxes keep GAP apart (drawn again, both, until
+    they do: a large first shape in the middle would leave no room for a second)."""
+    first = _pick(generator, kinds)
+    kinds = [first, _pick(generator, [k for k in kinds if k != first])] if two_shapes else [first]
+    while True:
+        shapes = []
+        for kind in kinds:
             radius = _uniform(generator, *RADII)
             x, y = (_uniform(generator, radius + 2, size - radius - 2) for _ in range(2))
-            if all(max(abs(x - s.x), abs(y - s.y)) > radius + s.radius + GAP for s in shapes):
-                break
-        shapes.append(Shape(colour, kind, x, y, radius))
-    return shapes
+            shapes.append(Shape(kind, x, y, radius))
+        if all(max(abs(a.x - b.x), abs(a.y - b.y)) > a.radius + b.radius + GAP
+               for i, a in enumerate(shapes) for b in shapes[i + 1:]):
+            return shapes
 
 
-def subject_pairs() -> list[tuple[str, str]]:
-    """Every two-subject prompt of the vocabulary, in a fixed order: different colours
-    and different kinds, each unordered pair once."""
-    subjects = [(c, k) for c in COLOURS for k in SHAPES]
-    return [(f"{a[0]} {a[1]}", f"{b[0]} {b[1]}") for i, a in enumerate(subjects) for b in subjects[i + 1:]
-            if a[0] != b[0] and a[1] != b[1]]
+def subject_pairs(kinds: tuple = SHAPES) -> list[tuple[str, str]]:
+    """Every two-subject prompt of the vocabulary, in a fixed order: two different kinds, in
+    either order (the causal text encoder reads 'a circle and a cross' and 'a cross and a
+    circle' differently)."""
+    return [(a, b) for a in kinds for b in kinds if a != b]
 
 
-def word_columns(number: int) -> tuple[int, int]:
-    """The context columns of the colour and the kind word of a caption's shape `number`:
-    each word is one token of the CLIP vocabulary, after the start token, four per shape
-    ('a red circle and ...')."""
-    return 2 + 4 * number, 3 + 4 * number
+def kind_column(number: int) -> int:
+    """The context column of the kind word of a caption's shape `number`: each word is one
+    token of the CLIP vocabulary, after the start token, three per shape ('a circle and ...')."""
+    return 2 + 3 * number

@@ -33,9 +33,9 @@ SD2 = Family("SD2.x", ("SD15",), drop_from_end=True)
 SDXL = Family("SDXL", ("SDXL", "SDXL_Playground_2_5"), drop_from_end=True)
 SD3 = Family("SD3", ("SD3",), drop_from_end=True, joint=True, flow=True, context="clip+t5")
 FLUX = Family("Flux.1", ("Flux",), drop_from_end=True, joint=True, flow=True, context="t5")
-# The package's demo model (demo/model.py): 128 px pictures, so its maps are read at
-# latent/2 (8 x 8; latent/4 would give 4 x 4).
-DEMO = Family("SD1.x demo (shapes)", ("SD15",), drop_from_end=False, map_level=1)
+# The package's demo model (demo/model.py): 128 px pictures, so its maps are read at the
+# latent's own 16 x 16, where each shape covers several cells (latent/4 would give 4 x 4).
+DEMO = Family("SD1.x demo (shapes)", ("SD15",), drop_from_end=False, map_level=0)
 
 # ComfyUI's config classes (comfy.supported_models); subclasses such as SSD-1B, Vega,
 # KOALA, the instruct-pix2pix variants, Flux schnell and Flux fill are found through their bases.

@@ -1,8 +1,9 @@
 """How well the demo model's words are grounded: for rendered two-shape pictures noised to a
 few levels, the maps its guidance pass records (the sampler's level, mean over heads and
 layers) scored per token kind by the pointing game and the mass inside the shape
-(nodes/demo/grounding.py). The end and a padding token, which name no shape, are scored
-against both shapes of the picture: their figures are what chance and layout give.
+(nodes/demo/grounding.py). The article before each kind word ('a'), the end and a padding
+token, which name no shape, are scored against the shapes too: their figures are what chance
+and layout give.
 
     python tests/harness/grounding.py [--weights FILE] [--scenes N] [--out DIR]
 """
@@ -25,10 +26,10 @@ SCENE_SEED = 20_261_129       # no training batch is drawn from it
 
 def token_columns() -> dict:
     """Token kind -> [(context column, the shape it is scored against)] of a two-shape caption."""
-    from attend_and_excite.nodes.demo.shapes import word_columns
-    end = word_columns(1)[1] + 1
-    return {"kind word": [(word_columns(n)[1], n) for n in range(2)],
-            "colour word": [(word_columns(n)[0], n) for n in range(2)],
+    from attend_and_excite.nodes.demo.shapes import kind_column
+    end = kind_column(1) + 1
+    return {"kind word": [(kind_column(n), n) for n in range(2)],
+            "article": [(kind_column(n) - 1, n) for n in range(2)],
             "end token": [(end, n) for n in range(2)],
             "padding": [(PADDING_COLUMN, n) for n in range(2)]}
 

@@ -1,10 +1,12 @@
-"""Trains the demo model (nodes/demo/model.py) on pictures of coloured shapes.
+"""Trains the demo model (nodes/demo/model.py) on pictures of shapes captioned with their kinds.
 
-    python tests/harness/train_demo.py [--work DIR] [--device cpu|cuda] [--out FILE]
+    python tests/harness/train_demo.py [--work DIR] [--device cpu|cuda] [--out FILE] [--snapshot-every N]
 
 Three stages, each resumable from the files it keeps in --work: the autoencoder, its
 decoder alone, then the UNet and the text model together. Every batch is drawn from
 --seed and its step number, so a resumed run trains on what an uninterrupted one would have.
+With --snapshot-every, the diffusion stage also writes the averaged weights every N steps
+to --work/snapshots/ (for tests/harness/screen.py's learning curves).
 """
 import argparse
 import json
@@ -22,9 +24,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 from support import import_comfy, import_package  # noqa: E402
 
 CHECKPOINT_EVERY = 200
-SHAPE_WEIGHT = 4.0      # the autoencoder's loss on a shape's pixels, over the background's: colours come first
-MASK_CELLS = 8          # the shapes' masks on the finest attention grid (latent/2), pooled for coarser layers
-MIN_SNR = 5.0           # noise levels above this signal-to-noise ratio weigh as if at it (Hang et al., 2023)
+SHAPE_WEIGHT = 4.0      # the autoencoder's loss on a shape's pixels, over the background's: edges come first
+MASK_CELLS = 16         # the shapes' masks on the finest attention grid (the latent's), pooled for coarser layers
+# The encoder's initial posterior: a log-variance this low leaves the decoder the latent's
+# mean to read from the first step (an initial variance of 1 buries it in noise, and the
+# encoder learns to shout over it: a latent space of a few huge values).
+INITIAL_LOGVAR = -8.0
 
 
 def reset(module: torch.nn.Module, seed: int):
@@ -40,22 +45,24 @@ def reset(module: torch.nn.Module, seed: int):
             torch.nn.init.normal_(m.weight, std=0.02)
 
 
-def scenes(seed: int, step: int, count: int, two_share: float):
-    from attend_and_excite.nodes.demo.shapes import random_scene
+def scenes(seed: int, step: int, count: int, two_share: float, kinds: tuple | None = None):
+    """Pictures of `kinds` (default: every kind the detector knows, what the autoencoder learns)."""
+    from attend_and_excite.nodes.demo.shapes import KINDS, random_scene
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    return [random_scene(generator, bool(torch.rand((), generator=generator) < two_share)) for _ in range(count)]
+    return [random_scene(generator, bool(torch.rand((), generator=generator) < two_share), kinds=kinds or KINDS)
+            for _ in range(count)]
 
 
 def crops(batch: list, seed: int, step: int, size: int = 64) -> torch.Tensor:
-    """A square of each picture around its first shape: the autoencoder is convolutional,
-    and a quarter of the pixels, none of them only background, trains it faster."""
+    """A square of each picture anywhere in it: the autoencoder is convolutional, and a
+    quarter of the pixels trains it faster; shapes cut by the crop's edge and crops of
+    background alone are what it must also encode."""
     generator = torch.Generator().manual_seed(seed * 3_000_017 + step)
     images = pictures(batch)
     limit = images.shape[-1] - size
     out = []
-    for image, shapes in zip(images, batch):
-        x, y = (min(max(int(c) - int(torch.randint(size, (), generator=generator)), 0), limit)
-                for c in (shapes[0].x, shapes[0].y))
+    for image in images:
+        x, y = (int(torch.randint(limit + 1, (), generator=generator)) for _ in range(2))
         out.append(image[:, y:y + size, x:x + size])
     return torch.stack(out)
 
@@ -136,6 +143,8 @@ def train_vae(args, device):
     from attend_and_excite.nodes.demo import model as demo_model
     vae = demo_model.vae_model(vae_config(args)).to(device)
     reset(vae, args.seed)
+    with torch.no_grad():
+        vae.quant_conv.bias[vae.quant_conv.out_channels // 2:] = INITIAL_LOGVAR
     stage = Stage(os.path.join(args.work, "vae.pt"), list(vae.parameters()), args.vae_lr, args.vae_steps, 0.999)
     started = time.time()
     while stage.step < stage.steps:
@@ -151,8 +160,9 @@ def train_vae(args, device):
 
 
 def train_decoder(vae, args, device):
-    """The decoder alone, on the frozen encoder's latents (those the UNet learns), in place:
-    its background and colours come closer to the pictures' while the latent space stays."""
+    """The decoder alone, on the frozen encoder's latents (those the UNet learns) of whole
+    pictures, in place: the picture's edges and a flat background everywhere, while the
+    latent space stays."""
     decoder = [vae.post_quant_conv, vae.decoder]
     parameters = [p for m in decoder for p in m.parameters()]
     for m in decoder:
@@ -161,7 +171,7 @@ def train_decoder(vae, args, device):
     started = time.time()
     while stage.step < stage.steps:
         step = args.vae_steps + stage.step       # pictures the first stage did not see
-        images = crops(scenes(args.seed, step, args.vae_batch, 0.5), args.seed, step).to(device)
+        images = pictures(scenes(args.seed, step, args.decoder_batch, 0.5)).to(device)
         with torch.no_grad():
             z = posterior(vae, images, args.seed * 5_000_011 + step)[0]
         loss = reconstruction_loss(vae.decoder(vae.post_quant_conv(z)), images)
@@ -199,7 +209,7 @@ def encode_dataset(vae, args, device):
         return torch.load(path)
     latents, captions, masks = [], [], []
     for chunk in range(args.dataset // 256):
-        batch = scenes(args.seed + 1, chunk, 256, args.two_share)
+        batch = scenes(args.seed + 1, chunk, 256, args.two_share, vocabulary(args))
         latents.append(vae.quant_conv(vae.encoder(pictures(batch).to(device))).chunk(2, dim=1)[0].cpu())
         captions += [caption(s) for s in batch]
         masks += [F.pad(cell_masks(s, MASK_CELLS), (0, 0, 0, 0, 0, 2 - len(s))) for s in batch]
@@ -232,19 +242,23 @@ class AttentionCapture:
 
 
 def grounding_term(maps: list[torch.Tensor], masks: torch.Tensor, captioned: torch.Tensor) -> torch.Tensor:
-    """The grounding loss of every shape's colour and kind word, in every captioned picture,
-    at every cross-attention layer (masks pooled to the layer's grid)."""
+    """The grounding loss of every shape's kind word, in every captioned picture, at every
+    cross-attention layer: the word's map as Attend-and-Excite reads it (the demo family's
+    kept columns through the x100 softmax) against the shape's mask pooled to the layer's grid."""
+    from attend_and_excite.nodes.core.maps import token_softmax
     from attend_and_excite.nodes.demo.grounding import grounding_loss
-    from attend_and_excite.nodes.demo.shapes import word_columns
-    columns = torch.tensor([c for number in range(2) for c in word_columns(number)], device=masks.device)
-    words = masks.repeat_interleave(2, dim=1)                            # (B, 4, cells, cells): colour, kind, ...
-    shown = (words.flatten(2).sum(-1) > 0) & captioned[:, None]
+    from attend_and_excite.nodes.demo.shapes import kind_column
+    from attend_and_excite.nodes.glue.family import CLIP_CHUNK, DEMO
+    kept = DEMO.kept(CLIP_CHUNK, []).to(masks.device)
+    picked = torch.tensor([int((kept == kind_column(n)).nonzero()) for n in range(masks.shape[1])],
+                          device=masks.device)
+    shown = (masks.flatten(2).sum(-1) > 0) & captioned[:, None]          # (B, shapes)
     terms = []
     for attention in maps:
         side = int(attention.shape[1] ** 0.5)
-        grid = F.adaptive_avg_pool2d(words, side).flatten(2)
-        picked = attention[:, :, columns].transpose(1, 2)               # (B, 4, cells)
-        terms.append(grounding_loss(picked[shown], grid[shown]))
+        grid = F.adaptive_avg_pool2d(masks, side).flatten(2)
+        readout = token_softmax(attention, kept)[:, :, picked].transpose(1, 2)   # (B, shapes, cells)
+        terms.append(grounding_loss(readout[shown], grid[shown]))
     return torch.stack(terms).mean()
 
 
@@ -254,7 +268,14 @@ def encode(clip, texts: list[str]) -> torch.Tensor:
     return clip.cond_stage_model.clip_l.encode(chunks)[0]
 
 
-def train_diffusion(args, device, data):
+def v_loss(denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The v-prediction loss, from the denoised latent ComfyUI's V_PREDICTION sampling gives:
+    the error in v is the error in x0 times sqrt(sigma^2 + 1) / sigma (unit data variance)."""
+    weight = (sigma ** 2 + 1) / sigma ** 2
+    return (weight * (denoised - x0).pow(2).mean(dim=(1, 2, 3))).mean()
+
+
+def train_diffusion(args, device, data, on_snapshot=None):
     from attend_and_excite.nodes.demo import model as demo_model
     unet = demo_model.build_unet(unet=unet_config(args)).to(device)
     reset(unet.diffusion_model, args.seed + 2)
@@ -280,10 +301,7 @@ def train_diffusion(args, device, data):
         noisy = x0 + noise * sigma.view(-1, 1, 1, 1)
         denoised = unet.apply_model(noisy, sigma, c_crossattn=context.to(device),
                                     transformer_options=capture.transformer_options)
-        predicted_noise = (noisy - denoised) / sigma.view(-1, 1, 1, 1)
-        # the fine detail of the nearly clean levels would otherwise take the most of a short training
-        weight = (MIN_SNR * sigma ** 2).clamp(max=1)
-        loss = (weight * (predicted_noise - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss = v_loss(denoised, x0, sigma)
         maps = capture.take()
         if args.ground_weight:
             loss = loss + args.ground_weight * grounding_term(maps, masks[rows.to(device)], ~dropped.to(device))
@@ -291,8 +309,48 @@ def train_diffusion(args, device, data):
         if stage.step % 50 == 0:
             print(f"diffusion {stage.step}/{stage.steps} loss {loss.item():.4f} ({time.time() - started:.0f} s)",
                   flush=True)
+        if on_snapshot is not None and args.snapshot_every and stage.step % args.snapshot_every == 0:
+            on_snapshot(stage, unet, text)
     stage.use_average()
     return unet, text
+
+
+def write_weights(path: str, unet, text, vae, args):
+    """The shipped file: the three models in fp16, with the settings that made them."""
+    from safetensors.torch import save_file
+    from attend_and_excite.nodes.demo import model as demo_model
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    state = demo_model.pack(unet.diffusion_model, text, vae, used_tokens(demo_model.build_clip(), vocabulary(args)))
+    metadata = {"settings": json.dumps(training_settings(args)), "unet": json.dumps(unet_config(args)),
+                "vae": json.dumps(vae_config(args))}
+    save_file({k: v.contiguous().cpu() for k, v in state.items()}, path + ".tmp", metadata=metadata)
+    os.replace(path + ".tmp", path)
+
+
+def snapshots(args, vae):
+    """A callback of the diffusion stage: the averaged weights at this step, as a file the
+    loader reads, in WORK/snapshots/step_N.safetensors; the training weights are put back."""
+    def write(stage, unet, text):
+        live = [p.detach().clone() for p in stage.parameters]
+        stage.use_average()
+        write_weights(os.path.join(args.work, "snapshots", f"step_{stage.step:05d}.safetensors"), unet, text, vae,
+                      args)
+        with torch.no_grad():
+            for p, value in zip(stage.parameters, live):
+                p.copy_(value)
+    return write
+
+
+@torch.no_grad()
+def round_trips(vae, args, device, count: int = 32) -> tuple[int, int]:
+    """(pictures read back as drawn, pictures damaged) of `count` pictures (half with two
+    shapes) through the autoencoder's mean latent: what the UNet's best can look like."""
+    from attend_and_excite.nodes.demo.detector import score
+    batch = scenes(args.seed + 2, 0, count, 0.5)
+    mean = vae.quant_conv(vae.encoder(pictures(batch).to(device))).chunk(2, dim=1)[0]
+    decoded = ((vae.decoder(vae.post_quant_conv(mean)) + 1) / 2).clamp(0, 1).cpu()
+    scores = [score([s.kind for s in shapes], image) for shapes, image in zip(batch, decoded)]
+    return sum(s.exact for s in scores), sum(s.damaged for s in scores)
 
 
 def unet_config(args) -> dict:
@@ -305,13 +363,18 @@ def vae_config(args) -> dict:
     return dict(demo_model.VAE, ch=args.vae_channels)
 
 
-def used_tokens(clip) -> list[int]:
-    from attend_and_excite.nodes.demo.shapes import COLOURS, SHAPES
-    words = " ".join(["a and", *COLOURS, *SHAPES])
+def vocabulary(args) -> tuple:
+    return tuple(args.kinds.split(","))
+
+
+def used_tokens(clip, kinds: tuple) -> list[int]:
+    words = " ".join(["a and", *kinds])
     return sorted({token for chunk in clip.tokenize(words)["l"] for token, _ in chunk})
 
 
 def arguments() -> argparse.ArgumentParser:
+    import_package()
+    from attend_and_excite.nodes.demo.shapes import SHAPES
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=os.path.join(os.path.dirname(os.path.dirname(HERE)), "out", "demo_training"))
     parser.add_argument("--out", help="where to write the weights; default: the package's demo weights")
@@ -321,21 +384,26 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--vae-lr", type=float, default=2e-3)
     parser.add_argument("--decoder-steps", type=int, default=300)
-    parser.add_argument("--dataset", type=int, default=8192)
-    parser.add_argument("--two-share", type=float, default=0.3, help="share of two-shape pictures")
-    parser.add_argument("--steps", type=int, default=4500)
+    parser.add_argument("--decoder-batch", type=int, default=8)
+    parser.add_argument("--dataset", type=int, default=16384)
+    parser.add_argument("--two-share", type=float, default=0.1, help="share of two-shape pictures")
+    parser.add_argument("--kinds", default=",".join(SHAPES), help="the captions' kind words (the pictures the "
+                        "autoencoder learns hold every kind the detector knows)")
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--unet-channels", type=int, default=32)
     parser.add_argument("--vae-channels", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--ground-weight", type=float, default=0.3,
-                        help="weight of the grounding term (colour and kind words' attention onto their shape)")
+    parser.add_argument("--ground-weight", type=float, default=0.5,
+                        help="weight of the grounding term (the kind words' sharpened maps onto their shapes)")
+    parser.add_argument("--snapshot-every", type=int, default=0,
+                        help="write the averaged weights every N diffusion steps to WORK/snapshots/ (0: never)")
     return parser
 
 
 def training_settings(args) -> dict:
     """What decides the weights (not where they go or which device computes them)."""
-    return {k: v for k, v in vars(args).items() if k not in ("work", "out", "device")}
+    return {k: v for k, v in vars(args).items() if k not in ("work", "out", "device", "snapshot_every")}
 
 
 def main():
@@ -364,14 +432,11 @@ def main():
         torch.save(vae.state_dict(), scaled)
     data = encode_dataset(vae, args, device)
     train_decoder(vae, args, device)
-    unet, text = train_diffusion(args, device, data)
+    right, damaged = round_trips(vae, args, device)
+    print(f"autoencoder round trips: {right}/32 read back as drawn, {damaged} damaged", flush=True)
+    unet, text = train_diffusion(args, device, data, snapshots(args, vae))
     out = args.out or demo_model.WEIGHTS
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    from safetensors.torch import save_file
-    state = demo_model.pack(unet.diffusion_model, text, vae, used_tokens(demo_model.build_clip()))
-    metadata = {"settings": json.dumps(settings), "unet": json.dumps(unet_config(args)),
-                "vae": json.dumps(vae_config(args))}
-    save_file({k: v.contiguous().cpu() for k, v in state.items()}, out, metadata=metadata)
+    write_weights(out, unet, text, vae, args)
     print(f"wrote {out} ({os.path.getsize(out) / 2 ** 20:.1f} MiB) in {time.time() - started:.0f} s", flush=True)
 
 
