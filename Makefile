@@ -1,6 +1,6 @@
 # The two entry points of the README. Both build the test environment once
 # (a venv with ComfyUI 0.3.75, or the tree in COMFYUI_DIR) under .comfy/.
-.PHONY: example test test-core thumbnails benchmark demo-model fidelity
+.PHONY: example test test-core thumbnails benchmark demo-model fidelity help-pages
 
 example:
 	bash tests/harness/comfy_env.sh python tests/harness/run_example.py $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
@@ -29,3 +29,7 @@ demo-model:
 fidelity:
 	bash tests/harness/comfy_env.sh python tests/harness/grounding.py
 	bash tests/harness/comfy_env.sh python tests/harness/fidelity.py
+
+# The "Errors and warnings" entries of every help page, written from js/docs/troubleshooting.md.
+help-pages:
+	bash tests/harness/comfy_env.sh --core python tests/harness/help_pages.py

@@ -1,6 +1,7 @@
+import torch
 from comfy_api.latest import io, ui
 
-from .core.heatmaps import heatmap_views, overlay
+from .core.heatmaps import heatmap_views, overlay, subject_masks
 from .core.plot import peak_chart
 from .core.record import AttentionRecord
 from .parameters import ATTENTION, CATEGORY
@@ -15,6 +16,14 @@ def heatmap_step_input() -> io.Int.Input:
                                 "also show the maps at step n (the nearest guided step).")
 
 
+def mask_threshold_input() -> io.Float.Input:
+    """Optional and last, so workflows saved before it load their widgets unchanged."""
+    return io.Float.Input("mask_threshold", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                          tooltip="The masks output: 0 gives soft masks (each subject's map at heatmap_step, scaled "
+                                  "to its own peak); above 0, 1 where that map reaches this share of its peak and "
+                                  "0 elsewhere.")
+
+
 def attention_outputs(with_record: bool = True) -> list:
     record = [ATTENTION.Output(display_name="attention",
                                tooltip="The recorded maps, for 'Attend-and-Excite Heatmap Overlay'.")]
@@ -27,15 +36,24 @@ def attention_outputs(with_record: bool = True) -> list:
             *(record if with_record else []),
             io.String.Output(display_name="log",
                              tooltip="JSON: loss and peak attention of every subject at every guided step and "
-                                     "refinement iteration.")]
+                                     "refinement iteration."),
+            io.Mask.Output(display_name="masks",
+                           tooltip="One mask per image and subject, at the image's size (image 1's subjects in "
+                                   "the prompt's order, then image 2's): where each subject's attention lies, at "
+                                   "heatmap_step; see mask_threshold.")]
 
 
-def attention_results(cls, record: AttentionRecord, latent: dict, heatmap_step: int) -> tuple[list, ui.PreviewImage]:
+def attention_results(cls, record: AttentionRecord, latent: dict, heatmap_step: int,
+                      mask_threshold: float) -> tuple[list, ui.PreviewImage]:
     """The values of attention_outputs() and the on-node preview of the heatmaps."""
     batch, _, height, width = latent["samples"].shape[:4]
     batch = record.maps[0].shape[0] if record.maps else batch
-    heatmaps = heatmap_views(record, batch, height * VAE_SCALE, width * VAE_SCALE, heatmap_step)
-    return [heatmaps, peak_chart(record, batch), record, record.to_json()], ui.PreviewImage(heatmaps, cls=cls)
+    height, width = height * VAE_SCALE, width * VAE_SCALE
+    heatmaps = heatmap_views(record, batch, height, width, heatmap_step)
+    masks = subject_masks(record.select(heatmap_step)[0], height, width, mask_threshold) if record.maps else \
+        torch.zeros(batch, height, width)
+    return ([heatmaps, peak_chart(record, batch), record, record.to_json(), masks],
+            ui.PreviewImage(heatmaps, cls=cls))
 
 
 class AttendExciteHeatmaps(io.ComfyNode):
@@ -50,16 +68,18 @@ class AttendExciteHeatmaps(io.ComfyNode):
             inputs=[ATTENTION.Input("attention", tooltip="From 'Attend-and-Excite Sampler'."),
                     io.Latent.Input("samples", tooltip="The sampled latent (so that this node runs after the "
                                                        "sampling, and sizes the heatmaps to the image)."),
-                    heatmap_step_input()],
+                    heatmap_step_input(),
+                    mask_threshold_input()],
             outputs=attention_outputs(with_record=False),
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, attention, samples, heatmap_step) -> io.NodeOutput:
+    def execute(cls, attention, samples, heatmap_step, mask_threshold=0.0) -> io.NodeOutput:
         attention.require_maps()
-        (heatmaps, plot, _, log), preview = attention_results(cls, attention, samples, heatmap_step)
-        return io.NodeOutput(heatmaps, plot, log, ui=preview)
+        (heatmaps, plot, _, log, masks), preview = attention_results(cls, attention, samples, heatmap_step,
+                                                                     mask_threshold)
+        return io.NodeOutput(heatmaps, plot, log, masks, ui=preview)
 
 
 class AttendExciteHeatmapOverlay(io.ComfyNode):

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from .core.record import AttentionRecord
 from .glue.sampler import attend_excite_sampler
-from .heatmaps import attention_outputs, attention_results, heatmap_step_input
+from .heatmaps import attention_outputs, attention_results, heatmap_step_input, mask_threshold_input
 from .parameters import CATEGORY, guidance_inputs, loss_input, settings_from, validate_guidance
 
 
@@ -20,7 +20,8 @@ class AttendExciteKSampler(io.ComfyNode):
             description="KSampler that, during the early steps, moves the latent until every subject of the "
                         "prompt wins some region of the cross-attention maps (Attend-and-Excite).",
             inputs=[
-                io.Model.Input("model", tooltip="The model used for denoising (SD1.x, SD2.x or SDXL)."),
+                io.Model.Input("model", tooltip="The model used for denoising (SD1.x, SD2.x, SDXL, SD3/SD3.5 or "
+                                                "Flux.1)."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="The random seed used for creating the noise."),
                 io.Int.Input("steps", default=50, min=1, max=10000, tooltip="The number of denoising steps."),
@@ -38,6 +39,7 @@ class AttendExciteKSampler(io.ComfyNode):
                 *guidance_inputs(),
                 heatmap_step_input(),
                 loss_input(),
+                mask_threshold_input(),
             ],
             outputs=[io.Latent.Output(display_name="LATENT"), *attention_outputs()],
         )
@@ -48,7 +50,7 @@ class AttendExciteKSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                denoise, heatmap_step=0, **guidance) -> io.NodeOutput:
+                denoise, heatmap_step=0, mask_threshold=0.0, **guidance) -> io.NodeOutput:
         record = AttentionRecord()
         settings = settings_from(**guidance)
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
@@ -61,5 +63,5 @@ class AttendExciteKSampler(io.ComfyNode):
             model, noise, cfg, sampler, sigmas, positive, negative, latent,
             noise_mask=latent_image.get("noise_mask"), callback=latent_preview.prepare_callback(model, steps),
             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        results, preview = attention_results(cls, record, latent_image, heatmap_step)
+        results, preview = attention_results(cls, record, latent_image, heatmap_step, mask_threshold)
         return io.NodeOutput({**latent_image, "samples": samples}, *results, ui=preview)

@@ -1,5 +1,6 @@
 """Subject maps as pictures: coloured heatmap tiles and overlays on the decoded
-image, each tile labelled with its subject. Images are (N, H, W, 3) floats in [0, 1]."""
+image, each tile labelled with its subject, and as masks. Images are (N, H, W, 3) floats
+in [0, 1], masks (N, H, W)."""
 import functools
 
 import numpy as np
@@ -85,3 +86,13 @@ def overlay(images: torch.Tensor, maps: torch.Tensor, labels: list[str], opacity
     colored = colorize(upsample(scaled, height, width)).expand(batch, -1, -1, -1, -1)
     blended = images[:, None, ..., :3].float() * (1 - opacity) + colored * opacity
     return label(blended.flatten(0, 1), tile_texts(labels, maps.expand(batch, -1, -1, -1), caption))
+
+
+def subject_masks(maps: torch.Tensor, height: int, width: int, threshold: float) -> torch.Tensor:
+    """(B, S, h, w) maps -> (B*S, H, W) masks, image by image, each image's subjects in order:
+    each map scaled to its own peak (1 where the subject's attention is strongest) and resized
+    to the image; threshold 0 keeps the soft values, above 0 gives 1 where the scaled map
+    reaches it and 0 elsewhere."""
+    scaled = maps / maps.amax(dim=(-1, -2), keepdim=True).clamp(min=1e-8)
+    soft = upsample(scaled, height, width).flatten(0, 1)
+    return soft if threshold <= 0 else (soft >= threshold).float()

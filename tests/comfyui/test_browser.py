@@ -5,6 +5,7 @@ Screenshots of every state land in out/tests/browser/ (or $AE_TEST_OUTPUT/browse
 import json
 import os
 import pathlib
+import re
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -113,8 +114,7 @@ def served_text(ui, name: str) -> tuple[int, str]:
 
 def test_extension_and_help_pages_load(ui):
     assert ui.page.evaluate(f"() => {APP}.extensions.filter(e => e.name.startsWith('attend_excite')).length") == 1
-    for node_id in ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
-                    "AttendExciteHeatmapOverlay", "AttendExciteAttentionBoost", "AttendExciteDemoModelLoader"):
+    for node_id in NODE_IDS:
         status, text = served_text(ui, f"{node_id}.md")
         assert status == 200 and text.startswith("# "), node_id
     # What the help pages link to and show, served beside them.
@@ -125,6 +125,56 @@ def test_extension_and_help_pages_load(ui):
             return [r.status, r.headers.get("content-type"), (await r.arrayBuffer()).byteLength]; }""",
                                               f"{OUR_SCRIPT}docs/{picture}")
         assert (status, kind) == (200, "image/jpeg") and size > 5000, picture
+    assert our_errors(ui) == []
+
+
+NODE_IDS = ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
+            "AttendExciteHeatmapOverlay", "AttendExciteAttentionBoost", "AttendExciteDemoModelLoader")
+
+
+def open_help_panel(ui, node_type: str) -> dict:
+    """Puts a node on an empty canvas, selects it and clicks the selection toolbox's info button,
+    as a user asking for the node's help; what ComfyUI's help panel then shows."""
+    ui.page.evaluate(f"""(type) => {{ const app = {APP}; app.graph.clear();
+        const node = window.LiteGraph.createNode(type); node.pos = [0, 0]; app.graph.add(node);
+        app.canvas.ds.scale = 1; app.canvas.ds.offset = [1000, 350];   // right of the sidebar the panel opens in
+        app.canvas.deselectAll?.(); app.canvas.selectNode(node); app.canvas.setDirty(true, true); }}""", node_type)
+    ui.page.locator('[data-testid="info-button"]').first.click()
+    panel = ui.page.locator(".node-help-content").first
+    panel.locator("h2").first.wait_for()
+    ui.page.wait_for_function("""() => [...document.querySelectorAll('.node-help-content img')]
+        .every(i => i.complete)""")
+    return ui.page.evaluate("""() => { const panel = document.querySelector('.node-help-content');
+        return {text: panel.innerText, headings: [...panel.querySelectorAll('h4')].map(h => h.textContent),
+                images: [...panel.querySelectorAll('img')].map(i => [i.getAttribute('src'), i.naturalWidth]),
+                links: [...panel.querySelectorAll('a')].map(a => [a.getAttribute('href'), a.target])}; }""")
+
+
+@pytest.mark.parametrize("node_type", NODE_IDS)
+def test_the_help_panel_shows_each_nodes_errors_and_pictures(ui, node_type):
+    """The node's help in ComfyUI's own panel: its page, its "Errors and warnings" entries written
+    in (each entry's message is there to read, no link to follow), its pictures loaded, and every
+    link absolute (the panel opens links in a new tab as written: a relative one would miss)."""
+    from harness.help_pages import entries
+    known = {heading: text for heading, text in entries((REPO / "js" / "docs" / "troubleshooting.md")
+                                                        .read_text(encoding="utf-8")).values()}
+    shown = open_help_panel(ui, node_type)
+    page = (REPO / "js" / "docs" / f"{node_type}.md").read_text(encoding="utf-8")
+    assert page.splitlines()[0][2:] in shown["text"]
+    assert "Errors and warnings" in shown["text"] and shown["headings"]
+    for heading in shown["headings"]:
+        lines = known[heading].splitlines()        # the message, or the entry's first line where it has none
+        message = next((line[2:] for line in lines if line.startswith("> ")), lines[0])
+        assert " ".join(message.replace("`", "").replace("*", "").split()[:6]) in " ".join(shown["text"].split()), \
+            heading
+    for src, width in shown["images"]:
+        assert src.startswith(OUR_SCRIPT + "docs/") and width > 0, src
+    assert len(shown["images"]) == len(re.findall(r"!\[", page))
+    for href, target in shown["links"]:
+        assert href.startswith(("https://", "#")), href
+    entry = ui.page.locator(".node-help-content h4").last
+    entry.scroll_into_view_if_needed()
+    ui.screenshot(f"help-panel-{node_type}")
     assert our_errors(ui) == []
 
 
@@ -202,13 +252,13 @@ def test_token_picker_follows_typing_and_clicks_write_subjects(ui):
 
 
 def test_token_picker_shows_the_modifier_pairs_the_binding_losses_read(ui):
-    drop_workflow(ui, REPO / "example_workflows" / "attend_and_excite_demo_syngen.json")
+    drop_workflow(ui, REPO / "example_workflows" / "attend_and_excite_sd15_syngen.json")
     focus_node(ui, node_of(ui, "AttendExciteTextEncode"))
     ui.page.wait_for_function("() => document.querySelector('.ae-tokens .ae-head')?.textContent"
-                              ".includes('pairs: red→circle, blue→square')")
+                              ".includes('pairs: red→car, blue→bicycle')")
     modifiers = ui.page.evaluate("""() => [...document.querySelectorAll('.ae-word.ae-modifier')]
         .filter(c => c.offsetParent !== null).map(c => [c.dataset.positions, c.title])""")
-    assert modifiers == [["2", "token position 2 · modifies circle"], ["6", "token position 6 · modifies square"]]
+    assert modifiers == [["2", "token position 2 · modifies car"], ["6", "token position 6 · modifies bicycle"]]
     assert our_errors(ui) == []
 
 
@@ -235,10 +285,12 @@ PREVIEWS = {"attend_and_excite_sd15.json": ("AttendExciteKSampler", {
             "attend_and_excite_sd15_custom_sampler.json": ("AttendExciteHeatmaps", {
                 "AttendExciteHeatmaps": 2, "AttendExciteHeatmapOverlay": 2, "SaveImage": 1})}
 PREVIEWS["attend_and_excite_sdxl.json"] = PREVIEWS["attend_and_excite_sd35.json"] = PREVIEWS["attend_and_excite_sd15.json"]
+PREVIEWS["attend_and_excite_sd15_syngen.json"] = PREVIEWS["attend_and_excite_sd15.json"]
 PREVIEWS["attend_and_excite_demo.json"] = ("AttendExciteKSampler", {     # four images
     "AttendExciteKSampler": 8, "AttendExciteHeatmapOverlay": 8, "PreviewImage": 4, "SaveImage": 4})
-PREVIEWS["attend_and_excite_demo_syngen.json"] = PREVIEWS["attend_and_excite_demo.json"]
 PREVIEWS["attention_boost_demo.json"] = (None, {"SaveImage": 4})       # a patch: the stock KSampler shows no heatmaps
+PREVIEWS["attend_and_excite_demo_masks.json"] = ("AttendExciteKSampler", {   # one image, two subjects: two masks
+    "AttendExciteKSampler": 2, "PreviewImage": 2, "SaveImage": 1})
 
 
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if runs_here(p)], ids=lambda p: p.name)

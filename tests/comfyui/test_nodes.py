@@ -227,6 +227,31 @@ def test_sampler_node_fills_its_record_for_the_heatmaps_node_as_the_ksampler_doe
     assert other_batch["heatmaps"].shape[0] == 2 and other_batch["peak_plot"].shape[0] == 1   # the record's batch
 
 
+def test_masks_output_is_each_subjects_map_at_the_heatmap_step_at_image_size(cat_and_frog):
+    """Both nodes' masks: one per image and subject (image 1's first), the map at heatmap_step scaled
+    to its peak and resized to the image (latent x 8); mask_threshold makes them hard."""
+    import torch.nn.functional as F
+    model = support.tiny_model(seed=1, config=dict(support.TINY_UNET))
+    positive, negative = cat_and_frog
+    latent = {"samples": torch.zeros(2, 4, 8, 16)}
+    result = named(AttendExciteKSampler, ksampler_run(model, positive, negative, latent, heatmap_step=3))
+    maps = result["attention"].select(3)[0]                             # (2 images, 2 subjects, 2, 4)
+    masks = result["masks"]
+    assert masks.shape == (4, 64, 128)
+    scaled = maps / maps.amax(dim=(-1, -2), keepdim=True)
+    expected = F.interpolate(scaled, size=(64, 128), mode="bilinear", align_corners=False).clamp(0, 1)
+    assert torch.allclose(masks, expected.flatten(0, 1), atol=1e-6)
+    assert torch.allclose(masks[1], expected[0, 1], atol=1e-6)        # image 1's second subject
+    assert masks.amax(dim=(-1, -2)).gt(0.9).all()
+    mean_masks = named(AttendExciteKSampler, ksampler_run(model, positive, negative, latent))["masks"]
+    assert not torch.allclose(mean_masks, masks)                         # heatmap_step 0: the mean map
+    hard = named(AttendExciteKSampler, ksampler_run(model, positive, negative, latent, heatmap_step=3,
+                                                   mask_threshold=0.9))["masks"]
+    assert torch.equal(hard, (masks >= 0.9).float()) and 0 < hard.mean() < 1
+    shown = named(AttendExciteHeatmaps, AttendExciteHeatmaps.execute(result["attention"], latent, 3, 0.9))
+    assert torch.equal(shown["masks"], hard)
+
+
 def test_overlay_node_blends_the_record_over_the_images(cat_and_frog):
     model = support.tiny_model(seed=1, config=dict(support.TINY_UNET))
     positive, negative = cat_and_frog

@@ -92,6 +92,28 @@ def test_a_planted_undocumented_message_is_found(planted):
     assert len(missing) == 1 and "frobnicator" in missing[0]
 
 
+# What only a clone of the repository has: a Registry or ComfyUI-Manager install has no Makefile,
+# no tests, no .ci and no git history to check a file out of.
+MAKE_TARGETS = re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.M)
+CLONE_ONLY = re.compile(rf"\bmake ({'|'.join(MAKE_TARGETS)})\b|\bMakefile\b|\btests/|\.ci/|\bpytest\b|"
+                        r"\bgit (checkout|restore|stash)\b|comfy_env|train_demo")
+
+
+def clone_only(texts: list[tuple[str, str]]) -> list[str]:
+    return [f"{where}: {CLONE_ONLY.search(text).group(0)!r}" for where, text in texts if CLONE_ONLY.search(text)]
+
+
+def test_no_message_or_troubleshooting_entry_asks_for_what_only_a_git_clone_has():
+    messages = [(where, "…".join(chunks)) for where, chunks in package_messages()]
+    assert clone_only(messages) == []
+    pages = [(page.name, page.read_text(encoding="utf-8")) for page in sorted((ROOT / "js" / "docs").glob("*.md"))]
+    assert len(pages) == 8 and clone_only(pages) == []
+    planted = [("planted", "the weights are missing; train them again with 'make demo-model'"),
+               ("planted", "restore them with `git checkout nodes/demo`"),
+               ("planted", "see tests/README.md")]
+    assert len(clone_only(planted)) == 3
+
+
 def slug(heading: str) -> str:
     """GitHub's anchor for a heading."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
@@ -105,16 +127,80 @@ def node_ids() -> set[str]:
     return set(re.findall(r'node_id="(\w+)"', "".join(p.read_text() for p in (ROOT / "nodes").glob("*.py"))))
 
 
-def test_every_node_has_a_help_page_whose_troubleshooting_links_land():
-    targets = anchors(TROUBLESHOOTING.read_text(encoding="utf-8"))
+def test_every_node_has_a_help_page_with_its_troubleshooting_entries_written_in():
+    """ComfyUI's help panel cannot follow a link to an anchor of another page (it opens the raw
+    file in a new tab), so each page carries its entries' text: equal to the troubleshooting
+    page's, as tests/harness/help_pages.py writes them; and its pictures exist."""
+    from harness.help_pages import entries, filled
+    known = entries(TROUBLESHOOTING.read_text(encoding="utf-8"))
+    assert len(known) >= 35
     assert len(node_ids()) == 7
     for node in node_ids():
         page = (ROOT / "js" / "docs" / f"{node}.md").read_text(encoding="utf-8")
-        links = re.findall(r"\(troubleshooting\.md#([\w-]+)\)", page)
-        assert links, f"{node}'s help page links to no troubleshooting entry"
-        assert set(links) <= targets, f"{node}: {set(links) - targets} are not entries of the page"
+        assert re.search(r"^#### ", page, re.M), f"{node}'s help page lists no troubleshooting entry"
+        assert filled(page, known) == page, f"{node}'s entries differ from troubleshooting.md: run help_pages.py"
+        assert "](troubleshooting.md" not in page      # a link the help panel cannot follow
         for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page):
             assert (ROOT / "js" / "docs" / image).is_file(), image
+
+
+def test_a_stale_or_unknown_entry_on_a_help_page_is_found():
+    from harness.help_pages import entries, filled
+    known = entries(TROUBLESHOOTING.read_text(encoding="utf-8"))
+    page = (ROOT / "js" / "docs" / "AttendExciteHeatmaps.md").read_text(encoding="utf-8")
+    stale = page.replace("connect the *attention* output", "connect an output")
+    assert filled(stale, known) != stale and filled(stale, known) == page
+    with pytest.raises(ValueError, match="not entries of troubleshooting.md: no-such-entry"):
+        filled(page.replace("entries: no-guided-step-recorded", "entries: no-such-entry"), known)
+
+
+REPOSITORY_URL = "https://github.com/attend-and-excite/ComfyUI-Attend-and-Excite"
+REPOSITORY_LINK = re.compile(re.escape(REPOSITORY_URL) + r"(?:/blob/main/([\w./-]+))?(?:#([\w-]+))?")
+
+
+def user_texts() -> list[tuple[str, str]]:
+    """What a user reads inside ComfyUI: the help pages and the templates' notes."""
+    import json
+    texts = [(p.name, p.read_text(encoding="utf-8")) for p in sorted((ROOT / "js" / "docs").glob("AttendExcite*.md"))]
+    for path in sorted((ROOT / "example_workflows").glob("*.json")):
+        notes = [n["widgets_values"][0] for n in json.loads(path.read_text())["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+        texts.append((path.name, "\n".join(notes)))
+    return texts
+
+
+def broken_pointers(name: str, text: str) -> list[str]:
+    """Links to this repository whose file or heading does not exist; mentions of the README with
+    no link to one of its sections; 'see *X* below' with no heading X on the page."""
+    broken = []
+    for match in REPOSITORY_LINK.finditer(text):
+        target = ROOT / (match.group(1) or "README.md")
+        if not target.is_file():
+            broken.append(f"{name}: {match.group(0)}: no such file")
+        elif match.group(2) and match.group(2) not in anchors(target.read_text(encoding="utf-8")):
+            broken.append(f"{name}: {match.group(0)}: no such section")
+    for mention in re.finditer(r"README", text):
+        link = REPOSITORY_LINK.search(text, mention.end())
+        if link is None or link.start() - mention.end() > 200 or not link.group(2) or link.group(1):
+            broken.append(f"{name}: mentions the README with no link to its section: {text[mention.start():][:60]!r}")
+    headings = {line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")}
+    for section in re.findall(r"[Ss]ee \*([^*]+)\* (?:below|above)", text):
+        if section not in headings:
+            broken.append(f"{name}: 'see *{section}*' names no heading of the page")
+    return broken
+
+
+def test_every_pointer_in_the_help_pages_and_template_notes_lands():
+    texts = user_texts()
+    assert len(texts) >= 14
+    assert [b for name, text in texts for b in broken_pointers(name, text)] == []
+
+
+def test_a_stale_pointer_is_found():
+    planted = [f"the measured effect is in the README ({REPOSITORY_URL}#demo-model)",
+               "see Demo model in the package README", f"[the page]({REPOSITORY_URL}/blob/main/js/docs/nothing.md)",
+               "see *Losses* below"]
+    assert [len(broken_pointers("planted", text)) for text in planted] == [1, 1, 1, 1]
+    assert broken_pointers("fine", f"in [the README's Cost section]({REPOSITORY_URL}#cost)") == []
 
 
 def readme() -> str:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attend_and_excite.nodes.core.excite import StepLog
-from attend_and_excite.nodes.core.heatmaps import RAMP, colorize, heatmap_views, overlay
+from attend_and_excite.nodes.core.heatmaps import RAMP, colorize, heatmap_views, overlay, subject_masks
 from attend_and_excite.nodes.core.plot import BOTTOM, HEIGHT, LEFT, RIGHT, TOP, WIDTH, peak_chart
 from attend_and_excite.nodes.core.record import AttentionRecord
 
@@ -106,3 +106,23 @@ def test_peak_chart_draws_lines_thresholds_and_refinement():
     empty.start("SD1.x", ["cat"], {0: 0.5}, 10)
     assert peak_chart(empty, 1).shape == (1, HEIGHT, WIDTH, 3)
 
+
+
+def test_subject_masks_are_each_map_at_the_image_scale_image_by_image():
+    """A known 2 x 2 map at 8x gives the known 16 x 16 mask: each cell's value (scaled to the
+    map's own peak) over its 8 x 8 pixels, bilinear between cell centres; one mask per image
+    and subject, image 1's subjects first."""
+    maps = torch.zeros(2, 2, 2, 2)
+    maps[0, 0] = torch.tensor([[0.8, 0.0], [0.0, 0.0]])     # image 1, subject 1: top-left cell
+    maps[0, 1] = torch.tensor([[0.0, 0.0], [0.0, 0.2]])     # image 1, subject 2: weak, bottom-right
+    maps[1, 0] = torch.tensor([[0.0, 0.4], [0.0, 0.0]])     # image 2, subject 1: top-right
+    masks = subject_masks(maps, 16, 16, threshold=0.0)
+    assert masks.shape == (4, 16, 16)
+    assert masks[0, :4, :4].eq(1).all() and masks[0, 12:, :].eq(0).all() and masks[0, :, 12:].eq(0).all()
+    assert torch.allclose(masks[0, 0, :8], torch.tensor([1, 1, 1, 1, 0.9375, 0.8125, 0.6875, 0.5625]))
+    assert torch.equal(masks[1], masks[0].flip(0, 1))        # scaled to its own peak: as strong as subject 1
+    assert torch.equal(masks[2], masks[0].flip(1))
+    assert masks[3].eq(0).all()                              # image 2's second subject: no attention at all
+    hard = subject_masks(maps, 16, 16, threshold=0.5)
+    assert set(hard.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(hard, (masks >= 0.5).float()) and hard[0, :4, :8].eq(1).all() and hard[0, 8:].eq(0).all()
