@@ -12,7 +12,7 @@ class AttendExciteDemoModelLoader(io.ComfyNode):
             display_name="Load Demo Model (Attend-and-Excite shapes)",
             category=CATEGORY,
             description="A small text-to-image model shipped with this package (6 MB): 128 px pictures of one or "
-                        "two coloured shapes ('a red circle and a blue square'), to try the nodes with no "
+                        "two light shapes on a dark background ('a circle and a triangle'), to try the nodes with no "
                         "download; the stock CLIP Text Encode, KSampler and VAE Decode accept its outputs.",
             inputs=[],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],

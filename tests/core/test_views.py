@@ -107,7 +107,6 @@ def test_peak_chart_draws_lines_thresholds_and_refinement():
     assert peak_chart(empty, 1).shape == (1, HEIGHT, WIDTH, 3)
 
 
-
 def test_subject_masks_are_each_map_at_the_image_scale_image_by_image():
     """A known 2 x 2 map at 8x gives the known 16 x 16 mask: each cell's value (scaled to the
     map's own peak) over its 8 x 8 pixels, bilinear between cell centres; one mask per image
