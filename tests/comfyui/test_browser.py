@@ -150,6 +150,14 @@ def open_help_panel(ui, node_type: str) -> dict:
                 links: [...panel.querySelectorAll('a')].map(a => [a.getAttribute('href'), a.target])}; }""")
 
 
+def close_help_panel(ui):
+    """Closes the sidebar the help panel opened in (a click on its selected tab, as a user does): left
+    open, its text lies over the canvas and takes the clicks of the tests after it."""
+    if ui.page.locator(".node-help-content").count():
+        ui.page.locator(".side-bar-button-selected").first.click()
+        ui.page.locator(".node-help-content").first.wait_for(state="detached")
+
+
 @pytest.mark.parametrize("node_type", NODE_IDS)
 def test_the_help_panel_shows_each_nodes_errors_and_pictures(ui, node_type):
     """The node's help in ComfyUI's own panel: its page, its "Errors and warnings" entries written
@@ -158,7 +166,13 @@ def test_the_help_panel_shows_each_nodes_errors_and_pictures(ui, node_type):
     from harness.help_pages import entries
     known = {heading: text for heading, text in entries((REPO / "js" / "docs" / "troubleshooting.md")
                                                         .read_text(encoding="utf-8")).values()}
-    shown = open_help_panel(ui, node_type)
+    try:
+        shown = open_help_panel(ui, node_type)
+        entry = ui.page.locator(".node-help-content h4").last
+        entry.scroll_into_view_if_needed()
+        ui.screenshot(f"help-panel-{node_type}")
+    finally:
+        close_help_panel(ui)
     page = (REPO / "js" / "docs" / f"{node_type}.md").read_text(encoding="utf-8")
     assert page.splitlines()[0][2:] in shown["text"]
     assert "Errors and warnings" in shown["text"] and shown["headings"]
@@ -172,9 +186,6 @@ def test_the_help_panel_shows_each_nodes_errors_and_pictures(ui, node_type):
     assert len(shown["images"]) == len(re.findall(r"!\[", page))
     for href, target in shown["links"]:
         assert href.startswith(("https://", "#")), href
-    entry = ui.page.locator(".node-help-content h4").last
-    entry.scroll_into_view_if_needed()
-    ui.screenshot(f"help-panel-{node_type}")
     assert our_errors(ui) == []
 
 
