@@ -26,7 +26,8 @@ def test_package_imports_and_lists_its_nodes(server, object_info):
     for node_id in NODE_IDS:
         info = object_info[node_id]
         assert info["category"] == "sampling/attend_and_excite" and info["python_module"].startswith("custom_nodes.")
-    assert object_info["AttendExciteKSampler"]["output"] == ["LATENT", "IMAGE", "IMAGE", "AE_ATTENTION", "STRING"]
+    assert object_info["AttendExciteKSampler"]["output"] == ["LATENT", "IMAGE", "IMAGE", "AE_ATTENTION", "STRING", "MASK"]
+    assert object_info["AttendExciteHeatmaps"]["output"] == ["IMAGE", "IMAGE", "STRING", "MASK"]
     assert object_info["AttendExciteSampler"]["output"] == ["SAMPLER", "AE_ATTENTION"]
     assert object_info["AttendExciteDemoModelLoader"]["output"] == ["MODEL", "CLIP", "VAE"]
     assert object_info["AttendExciteHeatmaps"]["output_node"] and object_info["AttendExciteHeatmapOverlay"]["output_node"]
