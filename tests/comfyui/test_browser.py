@@ -151,11 +151,15 @@ def open_help_panel(ui, node_type: str) -> dict:
 
 
 def close_help_panel(ui):
-    """Closes the sidebar the help panel opened in (a click on its selected tab, as a user does): left
-    open, its text lies over the canvas and takes the clicks of the tests after it."""
-    if ui.page.locator(".node-help-content").count():
-        ui.page.locator(".side-bar-button-selected").first.click()
-        ui.page.locator(".node-help-content").first.wait_for(state="detached")
+    """Closes the panel the help opened in, as a user does (left open, its text lies over the canvas
+    and takes the clicks of the tests after it): frontend 1.32 shows the help in the node library's
+    sidebar tab (a click on the selected tab closes it), 1.49 in the properties panel on the right
+    (its toggle button closes it)."""
+    if not ui.page.locator(".node-help-content").count():
+        return
+    properties = ui.page.locator('button[aria-label="Toggle properties panel"][aria-pressed="true"]')
+    (properties if properties.count() else ui.page.locator(".side-bar-button-selected")).first.click()
+    ui.page.locator(".node-help-content").first.wait_for(state="detached")
 
 
 @pytest.mark.parametrize("node_type", NODE_IDS)
