@@ -1,6 +1,6 @@
 # The two entry points of the README. Both build the test environment once
 # (a venv with ComfyUI 0.3.75, or the tree in COMFYUI_DIR) under .comfy/.
-.PHONY: example test test-core thumbnails benchmark demo-model fidelity help-pages
+.PHONY: example test test-core thumbnails benchmark gpu-check demo-model fidelity help-pages
 
 example:
 	bash tests/harness/comfy_env.sh python tests/harness/run_example.py $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
@@ -20,6 +20,10 @@ thumbnails:
 # Plain KSampler against Attend-and-Excite: time, ratio, peak memory, per-part profile (see the README).
 benchmark:
 	bash tests/harness/comfy_env.sh python tests/harness/benchmark.py
+
+# On a lent GPU: tests/gpu, then the fast and lean passes' time and peak memory over plain sampling (SD1.5, SDXL).
+gpu-check:
+	bash tests/harness/comfy_env.sh python tests/harness/gpu_check.py
 
 # The demo model's weights (nodes/demo/), trained again from their fixed seed, and the
 # grounding of its words and the fidelity benchmark on them (see the README).

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from .core.record import AttentionRecord
 from .glue.sampler import attend_excite_sampler
 from .heatmaps import attention_outputs, attention_results, heatmap_step_input, mask_threshold_input
-from .parameters import CATEGORY, guidance_inputs, loss_input, settings_from, validate_guidance
+from .parameters import CATEGORY, guidance_inputs, loss_input, memory_input, settings_from, validate_guidance
 
 
 class AttendExciteKSampler(io.ComfyNode):
@@ -40,6 +40,7 @@ class AttendExciteKSampler(io.ComfyNode):
                 heatmap_step_input(),
                 loss_input(),
                 mask_threshold_input(),
+                memory_input(),
             ],
             outputs=[io.Latent.Output(display_name="LATENT"), *attention_outputs()],
         )

@@ -3,7 +3,7 @@ from comfy_api.latest import io
 
 from .core.record import AttentionRecord
 from .glue.sampler import attend_excite_sampler
-from .parameters import ATTENTION, CATEGORY, guidance_inputs, loss_input, settings_from, validate_guidance
+from .parameters import ATTENTION, CATEGORY, guidance_inputs, loss_input, memory_input, settings_from, validate_guidance
 
 
 class AttendExciteSampler(io.ComfyNode):
@@ -20,6 +20,7 @@ class AttendExciteSampler(io.ComfyNode):
                                tooltip="The base sampling algorithm."),
                 *guidance_inputs(),
                 loss_input(),
+                memory_input(),
             ],
             outputs=[io.Sampler.Output(),
                      ATTENTION.Output(display_name="attention",

@@ -17,6 +17,7 @@ class AttentionRecord:
     logs: list = field(default_factory=list)         # StepLog of each guided step
     maps: list = field(default_factory=list)         # (B, S, h, w) of each guided step, CPU fp32
     guidance_pass: str = ""                          # "CUDA graph", or "eager: " and why
+    guidance_memory: str = ""                        # "fast" or "lean", and why where auto chose
     loss: str = ""                                   # the loss that ran
 
     def start(self, model: str, labels: list[str], thresholds: dict[int, float], steps: int,
@@ -24,7 +25,7 @@ class AttentionRecord:
         """Clears what an earlier run left (a SAMPLER's record is reused by every run)."""
         self.model, self.labels, self.thresholds, self.steps = model, list(labels), dict(thresholds), steps
         self.loss = loss
-        self.logs, self.maps, self.guidance_pass = [], [], ""
+        self.logs, self.maps, self.guidance_pass, self.guidance_memory = [], [], "", ""
 
     def add(self, log: StepLog, maps: torch.Tensor):
         """maps: the subject maps of the step's last evaluation, the one its update used."""
@@ -53,4 +54,5 @@ class AttentionRecord:
 
     def to_json(self) -> str:
         return json.dumps({"model": self.model, "loss": self.loss, "subjects": self.labels, "thresholds": {str(k): v for k, v in self.thresholds.items()},
-                           "guidance_pass": self.guidance_pass, "steps": [vars(log) for log in self.logs]})
+                           "guidance_pass": self.guidance_pass, "guidance_memory": self.guidance_memory,
+                           "steps": [vars(log) for log in self.logs]})

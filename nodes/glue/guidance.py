@@ -13,7 +13,9 @@ import comfy.samplers
 from ..core.excite import Evaluation
 from ..core.losses import Words, guidance_loss, retention_masks
 from ..core.maps import SubjectScorer, gaussian_kernel
+from ..core.memory import choose_pass, fast_pass_bytes
 from .capture import GRAPHS, CaptureFailed, CapturedPass, capture_blockers, replay_key
+from .recompute import copy_activation, recomputing
 from .recorder import ForwardDone
 
 
@@ -96,10 +98,6 @@ def control_modules(entry: dict) -> list[torch.nn.Module]:
     return found
 
 
-def _copy_activation(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor if isinstance(tensor, torch.nn.Parameter) else tensor.clone()
-
-
 def _entry_on(entry: dict, device: torch.device) -> dict:
     """A copy of a conditioning entry whose model conds are on `device`: moved once, not
     at every pass (and a captured pass cannot copy from the host)."""
@@ -119,10 +117,12 @@ class GuidancePass:
 
     def __init__(self, base_model, positive_entry: dict, subjects: list[list[int]], kept: torch.Tensor,
                  recorder, kernel_size: int, sigma: float, loss: str = "attend_and_excite",
-                 modifiers: list[list[list[int]]] | None = None, prompt_columns: list[int] = ()):
+                 modifiers: list[list[list[int]]] | None = None, prompt_columns: list[int] = (),
+                 guidance_memory: str = "auto", family: str = ""):
         """kept: the context columns of the token softmax; recorder: an AttentionRecorder
         (UNets) or a JointAttentionRecorder (MMDiT); modifiers: each subject's modifiers'
-        columns; prompt_columns: every prompt token's (SynGen's token maps)."""
+        columns; prompt_columns: every prompt token's (SynGen's token maps); guidance_memory:
+        auto, fast or lean; family: the model family's name (auto's estimate)."""
         self.base_model = base_model
         self.entry = positive_entry
         self.loss = loss
@@ -152,8 +152,13 @@ class GuidancePass:
         # ComfyUI adds a ControlNet's output to the UNet's skip connections, and Flux's blocks
         # their updates to their inputs, in place, after autograd saved them: there, saved
         # activations are kept as copies.
-        self.saved = (torch.autograd.graph.saved_tensors_hooks(_copy_activation, lambda t: t)
-                      if "control" in positive_entry or recorder.in_place_model else contextlib.nullcontext())
+        self.copies = "control" in positive_entry or recorder.in_place_model
+        self.saved = (torch.autograd.graph.saved_tensors_hooks(copy_activation, lambda t: t)
+                      if self.copies else contextlib.nullcontext())
+        self.requested_memory, self.family = guidance_memory, family
+        self.recomputed_layers = recorder.recomputed_layers(base_model.diffusion_model)
+        self.lean = False
+        self.memory = ""          # the pass that ran: fast or lean, and for auto why
 
     def begin_step(self, binding: float):
         """binding: Divide & Bind's weight at the step about to be guided."""
@@ -184,8 +189,10 @@ class GuidancePass:
     def forward(self, leaf: torch.Tensor, sigma: torch.Tensor):
         """(LossValue, peaks (B, S), subject maps (B, S, h, w)), differentiable in leaf."""
         self.recorder.reset(leaf.shape)
+        layers = recomputing(self.recomputed_layers, self.copies, differentiable_paths) if self.lean else \
+            contextlib.nullcontext()
         try:
-            with self.saved, differentiable_paths():
+            with self.saved, differentiable_paths(), layers:
                 comfy.samplers.calc_cond_batch(self.base_model, self.conds, leaf, sigma, self.model_options)
         except ForwardDone:
             pass
@@ -197,8 +204,24 @@ class GuidancePass:
         value = guidance_loss(self.loss, maps, peaks, self.words, tokens, self.binding, self.previous_masks)
         return value, peaks, subject_maps
 
+    def _choose_memory(self, x: torch.Tensor):
+        on_cpu = x.device.type == "cpu"
+        dtype = getattr(self.base_model, "manual_cast_dtype", None) or self.base_model.get_dtype() or x.dtype
+        mode, why = choose_pass(self.requested_memory, on_cpu,
+                                0 if on_cpu else comfy.model_management.get_free_memory(x.device),
+                                fast_pass_bytes(self.family, x.shape[0], x.shape[-2] * x.shape[-1], dtype.itemsize),
+                                comfy.model_management.minimum_inference_memory())
+        self.lean = mode == "lean"
+        self.memory = f"{mode} (auto: {why})" if why else mode
+        if why:
+            logging.info("Attend-and-Excite: guidance_memory auto picked the %s pass: %s", mode, why)
+
     def _prepare(self, x: torch.Tensor, model_options: dict):
+        self._choose_memory(x)
         blockers = capture_blockers(x, self.base_model, self.modules, self.entry, model_options)
+        if self.lean:
+            blockers.append("guidance_memory is lean (a captured graph would hold the pass's memory between runs, "
+                            "which lean spares)")
         self.conds = [[_entry_on(self.entry, x.device)]]
         self.score.to(x.device)
         self.token_columns = self.token_columns.to(x.device)

@@ -56,20 +56,18 @@ class JointAttentionRecorder(AttentionSum):
         self.heads = 0
         self.shape = tuple(-(-side // self.patch_size) for side in latent_shape[-2:])
         self.recorded = []     # (block number, text tokens) of the last pass, for inspection
-        # SD3's blocks run under activation checkpointing when patched: their forward runs again
-        # in the backward, after the maps were taken. It must compute what it computed (the
-        # checkpoint checks), but not record it twice.
         self.open = bool(latent_shape)
 
     def modules_run(self, diffusion_model) -> list[torch.nn.Module]:
         """The modules that a forward stopped after the last recorded block runs."""
         name = next(n for n in BLOCK_LISTS if hasattr(diffusion_model, n))
-        ran = list(getattr(diffusion_model, name))[:self.blocks[-1].number + 1]
-        return [m for n, m in diffusion_model.named_children() if n not in AFTER_JOINT_BLOCKS | {name}] + ran
+        return [m for n, m in diffusion_model.named_children() if n not in AFTER_JOINT_BLOCKS | {name}] + \
+            self.recomputed_layers(diffusion_model)
 
-    def take_average(self) -> torch.Tensor:
-        self.open = False
-        return super().take_average()
+    def recomputed_layers(self, diffusion_model) -> list[torch.nn.Module]:
+        """The joint blocks the pass runs: the lean pass runs each again in its backward."""
+        blocks = next(getattr(diffusion_model, n) for n in BLOCK_LISTS if hasattr(diffusion_model, n))
+        return list(blocks)[:self.blocks[-1].number + 1]
 
     def install(self, model_options: dict) -> dict:
         """A copy of model_options whose recorded blocks record, wrapping any `dit`

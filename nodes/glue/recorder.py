@@ -50,14 +50,24 @@ def cross_attention_blocks(diffusion_model) -> list[Block]:
     return blocks
 
 
+def blocks_through(diffusion_model, last: Block) -> list[tuple[tuple[str, int], torch.nn.Module]]:
+    """The blocks that a forward stopped right after `last` runs, in order, each with its (name, number)."""
+    ran = [(("input", n), m) for n, m in enumerate(diffusion_model.input_blocks)]
+    if last.name == "input":
+        return ran[:last.number + 1]
+    if diffusion_model.middle_block is not None:
+        ran.append((("middle", 0), diffusion_model.middle_block))
+    if last.name == "middle":
+        return ran
+    return ran + [(("output", n), m) for n, m in enumerate(diffusion_model.output_blocks)][:last.number + 1]
+
+
 def modules_through(diffusion_model, last: Block) -> list[torch.nn.Module]:
     """The modules that a forward stopped right after `last` runs; the later blocks and
     the output head are left out."""
-    inputs, outputs = list(diffusion_model.input_blocks), list(diffusion_model.output_blocks)
-    ran = {"input": inputs[:last.number + 1], "middle": inputs + [diffusion_model.middle_block],
-           "output": inputs + [diffusion_model.middle_block] + outputs[:last.number + 1]}[last.name]
     after = {"input_blocks", "middle_block", "output_blocks", "out", "id_predictor"}
-    return [m for name, m in diffusion_model.named_children() if name not in after] + ran
+    return [m for name, m in diffusion_model.named_children() if name not in after] + \
+        [m for _, m in blocks_through(diffusion_model, last)]
 
 
 def blocks_at_level(diffusion_model, level: int) -> list[Block]:
@@ -77,9 +87,13 @@ class AttentionSum:
     total: torch.Tensor = None    # (B, h * w, T)
     heads = 0                     # attention maps summed into total: heads x layers
     shape: tuple = None           # (h, w)
+    # Records only between the pass's start and the loss's read: a layer that runs again in the
+    # backward (the lean pass, SD3's checkpointed blocks) computes what it computed, and records nothing.
+    open = False
 
     def take_average(self) -> torch.Tensor:
         """(B, h, w, T) mean over every recorded head and layer; drops the running sum."""
+        self.open = False
         if self.total is None:
             raise RuntimeError(f"the guidance pass recorded no {self.attention} (is the positive "
                                f"conditioning active at this step?)")
@@ -105,10 +119,28 @@ class AttentionRecorder(AttentionSum):
         self.heads = 0         # attention maps summed into total: heads x layers
         self.shape = None
         self.recorded = []     # (block, block_index, (h, w)) of the last pass, for inspection
+        self.open = bool(latent_shape)
 
     def modules_run(self, diffusion_model) -> list[torch.nn.Module]:
         """The modules that a forward stopped after the last recorded block runs."""
         return modules_through(diffusion_model, self.blocks[-1])
+
+    def recomputed_layers(self, diffusion_model) -> list[torch.nn.Module]:
+        """What the lean pass runs again in its backward: each transformer layer of the recorded
+        blocks, and every other layer of the blocks the pass runs (ResBlocks, the earlier blocks'
+        transformers whole, down- and upsamplers); not the layer whose attention ends the pass."""
+        recorded = {(b.name, b.number) for b in self.blocks}
+        ran = blocks_through(diffusion_model, self.blocks[-1])
+        layers = []
+        for key, block in ran:
+            for layer in block.children():
+                if key in recorded and isinstance(layer, SpatialTransformer):
+                    layers += list(layer.transformer_blocks)
+                else:
+                    layers.append(layer)
+        ends = next(m for m in ran[-1][1].modules() if isinstance(m, SpatialTransformer))
+        last = ends.transformer_blocks[self.last[2]]
+        return layers[:layers.index(last)]
 
     def install(self, model_options: dict) -> dict:
         """A copy of model_options whose recorded blocks compute attention here,
@@ -127,11 +159,12 @@ class AttentionRecorder(AttentionSum):
         def record(q, k, v, extra_options):
             heads = extra_options["n_heads"]
             probs = attention_probabilities(q, k, heads)
-            summed = probs.sum(dim=1)
-            self.total = summed if self.total is None else self.total + summed
-            self.heads += heads
-            self.shape = tuple(extra_options["activations_shape"][-2:])
-            self.recorded.append((tuple(extra_options["block"]), extra_options["block_index"], self.shape))
+            if self.open:
+                summed = probs.sum(dim=1)
+                self.total = summed if self.total is None else self.total + summed
+                self.heads += heads
+                self.shape = tuple(extra_options["activations_shape"][-2:])
+                self.recorded.append((tuple(extra_options["block"]), extra_options["block_index"], self.shape))
             if is_last:
                 raise ForwardDone
             if previous is not None:

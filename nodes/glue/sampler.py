@@ -112,7 +112,7 @@ class GuidedRun:
         self.guidance = GuidancePass(base_model, entry, subjects, kept,
                                      recorder_for(base_model.diffusion_model, family, settings.map_level),
                                      settings.kernel_size, settings.smoothing_sigma, settings.loss, modifiers,
-                                     info.get("prompt_columns", []))
+                                     info.get("prompt_columns", []), settings.guidance_memory, family.name)
         self.loss, self.schedule_steps = settings.loss, settings.schedule_steps
         self.sigmas = sigmas.tolist()
         # Samplers that work in log-SNR start a flow model just under sigma 1 (ComfyUI's
@@ -186,10 +186,14 @@ class GuidedRun:
             out_of_memory = True     # raised below, once this error's frames (and the graph) are released
         if out_of_memory:
             self.close(keep_graph=False)
+            what = "lower the image size or the batch size (the lean pass keeps only its layers' inputs)" \
+                if self.guidance.lean else \
+                "set guidance_memory to lean (the pass then keeps only its layers' inputs for its backward and runs " \
+                "them again there: a fraction of the memory for about 1.4x the pass's work), or lower the image size " \
+                "or the batch size"
             raise torch.OutOfMemoryError(
-                f"Attend-and-Excite ran out of memory in its guidance pass (latent {tuple(x.shape)}, step {step + 1}): "
-                f"lower the image size or the batch size (the pass keeps the activations of the blocks it runs for its "
-                f"backward, whatever the refinement); the model was left as it was")
+                f"Attend-and-Excite ran out of memory in its guidance pass (latent {tuple(x.shape)}, step {step + 1}, "
+                f"{self.guidance.memory or 'fast'} pass): {what}; the model was left as it was")
         self.unread.append((log, self.guidance.last_maps.clone()))   # a captured pass rewrites its maps
         x.copy_(moved)
         self.moved[step] = x.data_ptr()
@@ -204,6 +208,7 @@ class GuidedRun:
     def _read_logs(self):
         """Every guided step's log and maps, read from the device once the steps are done."""
         self.record.guidance_pass = self.guidance.mode
+        self.record.guidance_memory = self.guidance.memory
         for unread, maps in self.unread:
             log = unread.read()
             self.record.add(log, maps)

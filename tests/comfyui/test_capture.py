@@ -1,5 +1,7 @@
 """Whether the guidance pass may be a CUDA graph, and why not, from the model options that
 ComfyUI really builds (the capture itself runs on a GPU only: tests/gpu)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -47,6 +49,14 @@ def test_the_eager_variable_is_a_reason(model, monkeypatch):
     positive, negative = support.conditionings()
     _, record = support.sample(model, "euler", GUIDED, positive, negative, torch.zeros(1, 4, 8, 8))
     assert reasons_of(record) == [ON_CPU, f"{EAGER_VARIABLE} is set"]
+
+
+def test_the_lean_pass_is_a_reason(model):
+    positive, negative = support.conditionings()
+    _, record = support.sample(model, "euler", dataclasses.replace(GUIDED, guidance_memory="lean"), positive, negative,
+                               torch.zeros(1, 4, 8, 8))
+    assert reasons_of(record) == [ON_CPU, "guidance_memory is lean (a captured graph would hold the pass's memory "
+                                          "between runs, which lean spares)"]
 
 
 @pytest.mark.parametrize("key, reason", [("control", "a ControlNet or T2I adapter"), ("hooks", "conditioning hooks"),

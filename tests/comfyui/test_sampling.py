@@ -270,7 +270,9 @@ def test_a_non_finite_gradient_skips_the_update_with_a_warning(model, caplog):
     assert torch.equal(ours, stock)                              # nothing moved, nothing became NaN
 
 
-def test_out_of_memory_in_the_guidance_pass_says_what_to_lower_and_restores_the_model():
+@pytest.mark.parametrize("memory, advice", [("fast", "set guidance_memory to lean .* or lower the image size"),
+                                            ("lean", "lean pass\\): lower the image size or the batch size")])
+def test_out_of_memory_in_the_guidance_pass_says_what_to_change_and_restores_the_model(memory, advice):
     with torch.inference_mode():
         model = support.tiny_model(seed=4)
     before = snapshot(model)
@@ -283,11 +285,11 @@ def test_out_of_memory_in_the_guidance_pass_says_what_to_lower_and_restores_the_
 
     patched = model.clone()
     patched.set_model_attn2_replace(exhausted, "input", 1)
-    with pytest.raises(torch.OutOfMemoryError, match="lower the image size or the batch size") \
-            as raised:
-        run(patched, "euler")
+    with pytest.raises(torch.OutOfMemoryError, match=advice) as raised:
+        run(patched, "euler", support.forced(guidance_memory=memory))
     assert raised.value.__context__ is None        # the failed pass's frames and graph are not kept alive
     after = snapshot(model)
     assert before[1] == after[1] and before[2] == after[2]
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
     assert all(p.is_inference() for p in model.model.parameters())
+    assert all("forward" not in vars(m) for m in model.model.modules())     # no layer left recomputing

@@ -1,5 +1,6 @@
 """The guidance pass captured as a CUDA graph gives what the eager pass gives, falls back
-where it must, and leaves nothing behind. Needs a CUDA GPU; elsewhere these tests skip."""
+where it must (the lean pass among them), and leaves nothing behind. Needs a CUDA GPU; elsewhere
+these tests skip."""
 import gc
 
 import comfy.model_management
@@ -153,3 +154,24 @@ def settled_memory() -> int:
     gc.collect()
     torch.cuda.synchronize()
     return torch.cuda.memory_allocated()
+
+
+def test_the_lean_pass_runs_eagerly_gives_the_fast_result_and_holds_less(monkeypatch):
+    model = model_of(torch.float32)
+    peaks, found = {}, {}
+    for memory in ("fast", "lean"):
+        chosen = support.forced(max_refinement=2, guidance_memory=memory)
+        sample(model, chosen, eager=True, monkeypatch=monkeypatch)     # loads the model, builds the kernels
+        start = settled_memory()
+        torch.cuda.reset_peak_memory_stats()
+        found[memory] = sample(model, chosen, eager=True, monkeypatch=monkeypatch)
+        peaks[memory] = torch.cuda.max_memory_allocated() - start
+    _, lean_record = sample(model, support.forced(max_refinement=2, guidance_memory="lean"))
+    errors = errors_of(*found["lean"], *found["fast"])
+    print(f"lean against fast (both eager): relative errors {errors}; peak over the loaded model: {peaks}")
+    assert lean_record.guidance_pass == "eager: guidance_memory is lean (a captured graph would hold the pass's " \
+                                       "memory between runs, which lean spares)"
+    assert found["lean"][1].guidance_memory == "lean"
+    assert max(errors.values()) <= 1e-5
+    assert peaks["lean"] < peaks["fast"]
+    assert not torch.equal(found["lean"][0], sample(model, support.forced(scale_factor=0.0))[0])

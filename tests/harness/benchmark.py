@@ -10,8 +10,9 @@ guidance pass's wall and kernel time. On a GPU: the SD1.5 shape at 512 px and th
 50 steps, fp16, random weights (they cost what real ones do), and, when given one with --reference (or
 AE_REFERENCE_SCRIPT), the diffusers reference script in the same call for the reference's figures; without
 one it says so and runs the package alone. On the CPU: a small SD1.x-topology model at 256 px, 20 steps,
-fp32, so that it finishes in minutes. Both: a small Flux.1 dev (see shape()). Writes result.json and
-table.md to the output folder and prints the tables.
+fp32, so that it finishes in minutes, and SDXL's topology at width 64, 512 px, 10 steps (the fast and lean
+passes' time and peak RSS). Both: a small Flux.1 dev (see shape()). guidance_memory is fast (auto on the
+CPU) unless a row says lean. Writes result.json and table.md to the output folder and prints the tables.
 """
 import argparse
 import contextlib
@@ -32,6 +33,10 @@ CONFIGS = {  # name -> (sampler, changes): to the paper's settings for "guided",
     "A&E, no refinement": ("guided", {"thresholds": ""}),
     "A&E, default thresholds": ("guided", {}),
     "A&E, forced 3 x 20 refinement": ("guided", {"thresholds": "0:1.0, 10:1.0, 20:1.0"}),
+    "A&E, no refinement, lean": ("guided", {"thresholds": "", "guidance_memory": "lean"}),
+    "A&E, default thresholds, lean": ("guided", {"guidance_memory": "lean"}),
+    "A&E, forced 3 x 20 refinement, lean": ("guided", {"thresholds": "0:1.0, 10:1.0, 20:1.0",
+                                                        "guidance_memory": "lean"}),
     "SynGen": ("guided", {"loss": "syngen"}),
     "Divide & Bind, its thresholds": ("guided", {"loss": "divide_and_bind"}),
     "A-STAR": ("guided", {"loss": "a_star"}),
@@ -45,9 +50,13 @@ GPU_CONFIGS = {
     "plain KSampler, batch 4": ("plain", {}),
     "A&E, no refinement, batch 4": ("guided", {"thresholds": ""}),
 }
+MEMORY_CONFIGS = ["plain KSampler", "A&E, no refinement", "A&E, no refinement, lean", "A&E, default thresholds",
+                  "A&E, default thresholds, lean", "A&E, forced 3 x 20 refinement",
+                  "A&E, forced 3 x 20 refinement, lean"]
 SHAPE_CONFIGS = {"sd15": list(CONFIGS) + list(GPU_CONFIGS),
-                 "sdxl": ["plain KSampler", "A&E, no refinement", "A&E, default thresholds"],
+                 "sdxl": MEMORY_CONFIGS,
                  "flux": ["plain KSampler", "A&E, no refinement", "A&E, default thresholds"]}
+CPU_SKIPS = {"sdxl": {"A&E, forced 3 x 20 refinement", "A&E, forced 3 x 20 refinement, lean"}}   # minutes each
 SEED, CFG, SAMPLER = 1, 7.5, "euler"
 LOG_OUTPUT = 4      # the Attend-and-Excite KSampler's outputs: latent, heatmaps, peak plot, attention, log
 PROFILED_STEPS = 20     # the pass profile: this many steps, every one guided, no refinement
@@ -68,10 +77,13 @@ def shape(name: str, cuda: bool) -> dict:
                     theta=10000, qkv_bias=True, guidance_embed=True, patch_size=2)
         return dict(family="Flux", unet=unet, width=256, context=256, size=256, steps=20, dtype=torch.float32,
                     extra={"pooled_output": torch.randn(1, 768), "guidance": 3.5}, latent_channels=16, cfg=1.0)
-    if name == "sdxl":
+    if name == "sdxl" and cuda:
         return dict(unet_shape, family="SDXL", unet=dict(SDXL_TOPOLOGY, model_channels=320, dtype=torch.float16),
                     width=320, context=2048, size=1024, steps=50, dtype=torch.float16,
                     extra={"pooled_output": torch.randn(1, 1280)})
+    if name == "sdxl":   # the CPU's: SDXL's topology at width 64, 512 px, 10 steps (fast against lean)
+        return dict(unet_shape, family="SDXL", unet=dict(SDXL_TOPOLOGY, model_channels=64), width=64, context=2048,
+                    size=512, steps=10, dtype=torch.float32, extra={"pooled_output": torch.randn(1, 1280)})
     if cuda:
         return dict(unet_shape, family="SD15", width=320, context=768, size=512, steps=50, dtype=torch.float16, extra={},
                     unet=dict(SD15_TOPOLOGY, model_channels=320, context_dim=768, dtype=torch.float16))
@@ -314,10 +326,11 @@ def main():
         return
     import torch
     cuda = torch.cuda.is_available()
-    shapes = [args.shape] if args.shape else ["sd15", "sdxl", "flux"] if cuda else ["sd15", "flux"]
+    shapes = [args.shape] if args.shape else ["sd15", "sdxl", "flux"]
     results = {}
     for shape_name in shapes:
-        names = SHAPE_CONFIGS[shape_name] if cuda else [n for n in SHAPE_CONFIGS[shape_name] if n in CONFIGS]
+        names = SHAPE_CONFIGS[shape_name] if cuda else \
+            [n for n in SHAPE_CONFIGS[shape_name] if n in CONFIGS and n not in CPU_SKIPS.get(shape_name, ())]
         results[shape_name] = run_in_process(names, shape_name) if cuda else \
             {name: run_in_process([name], shape_name)[name] for name in names}
     reference = None
