@@ -55,6 +55,7 @@ def measure(model, clip, vae, scenes: int = 64, sigmas=SIGMAS) -> dict:
     results = {}
     for sigma in sigmas:
         noise = torch.randn(x0.shape, generator=generator).to(device)
+        recorder.reset(x0.shape)     # opens it: a recorder records between its reset and the read
         try:
             base.apply_model(x0 + sigma * noise, torch.full((scenes,), sigma, device=device),
                              c_crossattn=context, transformer_options=options)

@@ -95,7 +95,8 @@ class Build:
             self.recorder = JointAttentionRecorder(joint_blocks(self.model), self.model.patch_size)
         else:
             self.recorder = AttentionRecorder(blocks_at_level(self.model, FAMILIES[family].map_level))
-        self.options = self.recorder.install({"transformer_options": {"optimized_attention_override": flash_attention}})
+        self.options = self.recorder.install(
+            {"transformer_options": {"optimized_attention_override": flash_attention}})
         channels = config["in_channels"]
         self.x_shape = (batch, channels, size // 8, size // 8)
         self.inputs = {"context": torch.zeros(batch, tokens, context_width, device="meta", dtype=dtype)}
