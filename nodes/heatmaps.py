@@ -6,10 +6,6 @@ from .core.plot import peak_chart
 from .core.record import AttentionRecord
 from .parameters import ATTENTION, CATEGORY
 
-# SD-family VAEs decode 8 pixels per latent cell.
-VAE_SCALE = 8
-
-
 def heatmap_step_input() -> io.Int.Input:
     return io.Int.Input("heatmap_step", default=0, min=0, max=10000,
                         tooltip="0: the heatmaps show each subject's mean map over the guided steps. n: they "
@@ -46,9 +42,9 @@ def attention_outputs(with_record: bool = True) -> list:
 def attention_results(cls, record: AttentionRecord, latent: dict, heatmap_step: int,
                       mask_threshold: float) -> tuple[list, ui.PreviewImage]:
     """The values of attention_outputs() and the on-node preview of the heatmaps."""
-    batch, _, height, width = latent["samples"].shape[:4]
-    batch = record.maps[0].shape[0] if record.maps else batch
-    height, width = height * VAE_SCALE, width * VAE_SCALE
+    samples = latent["samples"]       # (B, C, h, w), or (B, C, frames, h, w) (Qwen-Image)
+    batch = record.maps[0].shape[0] if record.maps else samples.shape[0]
+    height, width = (side * record.pixels_per_cell for side in samples.shape[-2:])
     heatmaps = heatmap_views(record, batch, height, width, heatmap_step)
     masks = subject_masks(record.select(heatmap_step)[0], height, width, mask_threshold) if record.maps else \
         torch.zeros(batch, height, width)

@@ -17,6 +17,7 @@ attention of every prompt token, each a distribution over the positions (SynGen'
 import functools
 import itertools
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +26,6 @@ from .excite import peak_unmet
 from .schedule import rescale
 from .settings import A_STAR, DIVIDE_AND_BIND, LOSS_THRESHOLDS
 
-LOSSES = tuple(LOSS_THRESHOLDS)
-# Losses whose point is a modifier and its noun: a prompt without a pair is refused.
-NEEDS_PAIRS = {"syngen"}
 
 
 @dataclass(frozen=True)
@@ -188,31 +186,76 @@ def a_star_terms(maps: torch.Tensor, previous_masks: torch.Tensor | None):
     return segregation, retention
 
 
+def _attend_and_excite(maps, peaks, words, tokens, binding, previous_masks) -> LossValue:
+    loss = attend_excite_loss(peaks)
+    return LossValue(loss, loss)
+
+
+def _syngen(maps, peaks, words, tokens, binding, previous_masks) -> LossValue:
+    positive, negative = syngen_terms(tokens, words)
+    loss = positive + negative
+    return LossValue(loss, loss, {"positive": positive, "negative": negative})
+
+
+def _divide_and_bind(maps, peaks, words, tokens, binding, previous_masks) -> LossValue:
+    loss, variation, binding_term = divide_and_bind_terms(maps, words, binding)
+    return LossValue(loss, variation, {"variation": variation, "binding": binding_term})
+
+
+def _a_star(maps, peaks, words, tokens, binding, previous_masks) -> LossValue:
+    segregation, retention = a_star_terms(maps[:, :words.subjects], previous_masks)
+    loss = segregation + retention
+    return LossValue(loss, loss, {"segregation": segregation, "retention": retention})
+
+
+def _variation_unmet(at, threshold: float) -> torch.Tensor:
+    """Divide & Bind's refinement test: the smallest total variation still under the threshold."""
+    return at.indicator < threshold
+
+
+@dataclass(frozen=True)
+class Loss:
+    """What the guidance pass and the sampler need to know of a loss. Its default thresholds are
+    settings.LOSS_THRESHOLDS[name] (none: it never refines, as its paper)."""
+    name: str
+    value: Callable[..., LossValue]     # (maps, peaks, words, tokens, binding, previous_masks) -> LossValue
+    unmet: Callable = peak_unmet        # (evaluation, threshold) -> (B,) rows still short of the threshold
+    needs_pairs: bool = False           # its point is a modifier and its noun: a prompt without one is refused
+    reads_modifier_maps: bool = False   # the modifiers' maps are scored as the subjects' are
+    reads_token_maps: bool = False      # every prompt token's raw map (B, C, hw)
+    binding_schedule: bool = False      # weighs its binding term by the step (binding_weight)
+    retains_masks: bool = False         # reads the masks of the previous guided step's maps
+    capturable: bool = False            # its pass can be kept as a CUDA graph
+
+    @property
+    def refines(self) -> bool:
+        return bool(LOSS_THRESHOLDS[self.name])
+
+
+LOSS_TABLE = {loss.name: loss for loss in (
+    Loss("attend_and_excite", _attend_and_excite, capturable=True),
+    Loss("syngen", _syngen, needs_pairs=True, reads_token_maps=True),
+    Loss("divide_and_bind", _divide_and_bind, _variation_unmet, reads_modifier_maps=True, binding_schedule=True),
+    Loss("a_star", _a_star, retains_masks=True),
+)}
+LOSSES = tuple(LOSS_TABLE)
+
+
+def loss_named(name: str) -> Loss:
+    if name not in LOSS_TABLE:
+        raise ValueError(f"unknown loss {name!r}; pick one of {', '.join(LOSSES)}")
+    return LOSS_TABLE[name]
+
+
 def guidance_loss(name: str, maps: torch.Tensor, peaks: torch.Tensor, words: Words, tokens=None,
                   binding=0.0, previous_masks=None) -> LossValue:
     """The named loss at one evaluation. binding: Divide & Bind's weight at this step;
     previous_masks: A-STAR's masks of the previous guided step (None at the first)."""
-    if name == "attend_and_excite":
-        loss = attend_excite_loss(peaks)
-        return LossValue(loss, loss)
-    if name == "syngen":
-        positive, negative = syngen_terms(tokens, words)
-        loss = positive + negative
-        return LossValue(loss, loss, {"positive": positive, "negative": negative})
-    if name == "divide_and_bind":
-        loss, variation, binding_term = divide_and_bind_terms(maps, words, binding)
-        return LossValue(loss, variation, {"variation": variation, "binding": binding_term})
-    if name == "a_star":
-        segregation, retention = a_star_terms(maps[:, :words.subjects], previous_masks)
-        loss = segregation + retention
-        return LossValue(loss, loss, {"segregation": segregation, "retention": retention})
-    raise ValueError(f"unknown loss {name!r}; pick one of {', '.join(LOSSES)}")
+    return loss_named(name).value(maps, peaks, words, tokens, binding, previous_masks)
 
 
 def refinement_test(name: str):
     """(evaluation, threshold) -> (B,) rows still short of the threshold: Attend-and-Excite's
     while the loss is above 1 - threshold (the reference's test), Divide & Bind's while the
     smallest total variation is under it."""
-    if name == "divide_and_bind":
-        return lambda at, threshold: at.indicator < threshold
-    return peak_unmet
+    return loss_named(name).unmet

@@ -28,12 +28,75 @@ def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int) -> tor
     return torch.softmax(qh @ kh.transpose(-1, -2) * qh.shape[-1] ** -0.5, dim=-1)
 
 
-def joint_text_probabilities(q: torch.Tensor, k: torch.Tensor, text_length: int) -> torch.Tensor:
-    """(B, H, N - T, T) in fp32: each image query's attention to the T text keys, from (B, H, N, D)
-    queries and keys of a joint [text, image] sequence (MMDiT), softmax over the whole sequence."""
-    queries, keys = q[:, :, text_length:].float(), k.float()
-    logits = queries @ keys.transpose(-1, -2) * queries.shape[-1] ** -0.5
-    return torch.softmax(logits, dim=-1)[..., :text_length]
+# The largest block of logits (bytes) the text probabilities hold at once: a few hundred MB, not the
+# (B, H, I, N) matrix of a megapixel image (gigabytes per block).
+LOGITS_BLOCK_BYTES = 2 ** 28
+
+
+class _TextProbabilities(torch.autograd.Function):
+    """softmax(q k^T + bias) kept on the first T key columns, a block of queries at a time. It saves q, k
+    and each query's log-sum-exp, and recomputes the logits in the backward: the full probability matrix
+    over the joint sequence is never kept. With P the softmax over every key and p = P[:T], the gradient
+    of p_t in logit j is p_t (delta_tj - P_j): dL/dlogits = [g * p, 0] - P * sum_t(g_t p_t)."""
+
+    @staticmethod
+    def forward(ctx, q, k, bias, text_length: int):
+        ctx.rows = _block_rows(q, k)
+        ctx.text_length = text_length
+        lse = q.new_empty(q.shape[:-1])
+        out = q.new_empty(*q.shape[:-1], text_length)
+        for rows, logits in _logit_blocks(q, k, bias, ctx.rows):
+            lse[..., rows] = torch.logsumexp(logits, dim=-1)
+            out[..., rows, :] = torch.exp(logits[..., :text_length] - lse[..., rows, None])
+        ctx.save_for_backward(q, k, lse, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, lse, bias = ctx.saved_tensors
+        t = ctx.text_length
+        dq, dk = torch.zeros_like(q), torch.zeros_like(k)
+        for rows, logits in _logit_blocks(q, k, bias, ctx.rows):
+            probabilities = torch.exp(logits - lse[..., rows, None])
+            weighted = grad[..., rows, :] * probabilities[..., :t]
+            dlogits = probabilities.mul_(-weighted.sum(dim=-1, keepdim=True))
+            dlogits[..., :t] += weighted
+            dq[..., rows, :] = dlogits @ k
+            dk += dlogits.transpose(-1, -2) @ q[..., rows, :]
+        return dq, dk, None, None
+
+
+def _block_rows(q: torch.Tensor, k: torch.Tensor) -> int:
+    b, h, _, _ = q.shape
+    return max(1, LOGITS_BLOCK_BYTES // (b * h * k.shape[-2] * q.element_size()))
+
+
+def _logit_blocks(q, k, bias, rows: int):
+    """(query rows, their logits (B, H, rows, N)) for each block of `rows` queries."""
+    for start in range(0, q.shape[-2], rows):
+        block = slice(start, min(start + rows, q.shape[-2]))
+        logits = q[..., block, :] @ k.transpose(-1, -2)
+        if bias is not None:
+            logits = logits + (bias[..., block, :] if bias.shape[-2] > 1 else bias)
+        yield block, logits
+
+
+def joint_text_probabilities(q: torch.Tensor, k: torch.Tensor, text_length: int, image_length: int | None = None,
+                             mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H, I, T) in fp32: the attention of the first I image queries (all by default) to the T text
+    keys, from (B, H, N, D) queries and keys of a joint [text, image] sequence, softmax over the whole
+    sequence. mask: the attention call's (bool: True attends; float: added to the logits), as ComfyUI's
+    attention takes it: (queries or 1, keys), with a batch and then a heads dimension where it has them."""
+    stop = None if image_length is None else text_length + image_length
+    queries = q[:, :, text_length:stop].float() * q.shape[-1] ** -0.5
+    bias = None
+    if mask is not None:
+        mask = mask[None] if mask.ndim == 2 else mask
+        mask = mask[:, None] if mask.ndim == 3 else mask
+        mask = mask[..., text_length:stop, :] if mask.shape[-2] > 1 else mask
+        bias = torch.zeros(mask.shape, device=q.device).masked_fill(~mask, float("-inf")) \
+            if mask.dtype == torch.bool else mask.float()
+    return _TextProbabilities.apply(queries, k.float(), bias, text_length)
 
 
 def gaussian_kernel(kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:

@@ -2,21 +2,25 @@
 it runs for its backward; the lean pass keeps their inputs and runs each layer again there
 (about 1.4x the pass's arithmetic, a fraction of its memory)."""
 
+from .families import FAMILIES
+
 GIB = 2 ** 30
 
-# GiB the fast pass keeps for its backward, per image, at 2-byte activations, for each family's
-# full-width model at its own size (latent cells): counted on the meta device by
-# tests/harness/saved_activations.py. It grows with the latent's area; SD2.x is SD1.x's layout.
-FAST_PASS_GIB = {"SD1.x": (0.322, 64 * 64), "SD2.x": (0.322, 64 * 64), "SDXL": (3.880, 128 * 128),
-                 "SD3": (0.732, 128 * 128), "Flux.1": (40.978, 128 * 128)}
+# GiB the fast pass keeps for its backward, per image, at 2-byte activations, at each family's own
+# size (latent cells): the families' counts (families.py) of their largest variant.
+FAST_PASS_GIB = {f.name: max(f.fast_pass)[1:] for f in FAMILIES if f.fast_pass}
 
 
-def fast_pass_bytes(family: str, batch: int, latent_cells: int, element_size: int) -> float | None:
-    """What the fast pass keeps for `batch` images of `latent_cells` latent cells; None for a
-    family without a count (the package's demo model)."""
-    if family not in FAST_PASS_GIB:
+def fast_pass_bytes(family: str, batch: int, latent_cells: int, element_size: int,
+                    parameters: float | None = None) -> float | None:
+    """What the fast pass keeps for `batch` images of `latent_cells` latent cells; None for a family
+    without a count (the package's demo model). parameters: the model's, in billions: the estimate of
+    the variant nearest in size (Flux.2 Klein 4B, 9B and dev); by default the largest's."""
+    family = next((f for f in FAMILIES if f.name == family), None)
+    if family is None or not family.fast_pass:
         return None
-    gib, cells = FAST_PASS_GIB[family]
+    variants = sorted(family.fast_pass)
+    _, gib, cells = variants[-1] if parameters is None else min(variants, key=lambda v: abs(v[0] - parameters))
     return gib * GIB * batch * latent_cells / cells * element_size / 2
 
 

@@ -19,12 +19,13 @@ class AttentionRecord:
     guidance_pass: str = ""                          # "CUDA graph", or "eager: " and why
     guidance_memory: str = ""                        # "fast" or "lean", and why where auto chose
     loss: str = ""                                   # the loss that ran
+    pixels_per_cell: int = 8                         # the family's VAE: image pixels per latent cell
 
     def start(self, model: str, labels: list[str], thresholds: dict[int, float], steps: int,
-              loss: str = "attend_and_excite"):
+              loss: str = "attend_and_excite", pixels_per_cell: int = 8):
         """Clears what an earlier run left (a SAMPLER's record is reused by every run)."""
         self.model, self.labels, self.thresholds, self.steps = model, list(labels), dict(thresholds), steps
-        self.loss = loss
+        self.loss, self.pixels_per_cell = loss, pixels_per_cell
         self.logs, self.maps, self.guidance_pass, self.guidance_memory = [], [], "", ""
 
     def add(self, log: StepLog, maps: torch.Tensor):

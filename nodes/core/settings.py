@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 # one gradient step per guided step and never refine.
 LOSS_THRESHOLDS = {"attend_and_excite": {0: 0.05, 10: 0.5, 20: 0.8}, "divide_and_bind": {0: 0.05, 10: 0.2, 20: 0.3},
                    "syngen": {}, "a_star": {}}
-REFINING_LOSSES = {"attend_and_excite", "divide_and_bind"}
 # How the guidance pass keeps what its backward needs (memory.py): auto picks between the others.
 GUIDANCE_MEMORY = ("auto", "fast", "lean")
 
@@ -25,15 +24,14 @@ class Settings:
     schedule_steps: int = 50            # the step count the step indices above are written for
     token_indices: tuple = ()           # context columns of each subject; overrides the conditioning's
     map_level: int | None = None        # halvings of the latent at the recorded level; None: the family's
-    loss: str = "attend_and_excite"     # one of LOSS_THRESHOLDS (losses.py)
+    loss: str = "attend_and_excite"     # one of losses.LOSS_TABLE
     guidance_memory: str = "auto"       # one of GUIDANCE_MEMORY
 
     def refinement_thresholds(self) -> dict:
-        """The thresholds the loss refines to: none for the losses that never refine."""
-        if self.loss not in REFINING_LOSSES:
+        """The thresholds the loss refines to: none for the losses that never refine (no thresholds of their own)."""
+        if not LOSS_THRESHOLDS[self.loss]:
             return {}
         return LOSS_THRESHOLDS[self.loss] if self.thresholds is None else self.thresholds
-
 
 
 DEFAULTS = Settings()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from .nouns import NOUN, noun_phrases, tag
 
 START, END, PAD, PIECE, EMBEDDING = "start", "end", "pad", "piece", "embedding"
+TEMPLATE = "template"              # a chat template's token around the prompt (special tokens included)
 SENTENCEPIECE_SPACE = "\u2581"     # SentencePiece's mark of a word's first piece
 
 
@@ -45,6 +46,9 @@ def words(tokens: list[Token]) -> list[Subject]:
     """Group the pieces into words; an embedding is one word of its own."""
     out, text, columns = [], "", []
     for token in tokens:
+        if token.kind != PIECE and columns:
+            out.append(Subject(text, tuple(columns)))
+            text, columns = "", []
         if token.kind == EMBEDDING:
             out.append(Subject("<embedding>", (token.column,)))
         if token.kind != PIECE:
@@ -181,3 +185,78 @@ def parse_token_indices(text: str) -> tuple:
             raise ValueError(f"token_indices: cannot read {item!r}; write positions such as '2,5' or '2+3,5'")
         subjects.append(tuple(int(p) for p in pieces))
     return tuple(subjects)
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte (GPT-2's table, which Qwen's and Mistral's
+    tokenizers use): the printable Latin-1 bytes stand for themselves, the others for 256 + n in order."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    table, extra = {}, 0
+    for byte in range(256):
+        if byte in kept:
+            table[chr(byte)] = byte
+        else:
+            table[chr(256 + extra)] = byte
+            extra += 1
+    return table
+
+
+BYTE_OF = _byte_level_alphabet()
+BYTE_LEVEL_SPACE = next(c for c, b in BYTE_OF.items() if b == ord(" "))    # 'Ġ', the mark of a word's start
+
+
+def prompt_span(ids: list[int], empty_ids: list[int], pad_id=None) -> tuple[int, int]:
+    """[start, stop) of the prompt's own tokens in a templated tokenization `ids`, from the same
+    template's tokenization with an empty prompt: what precedes is the template's head (the start
+    token, a system prompt, the user turn's opening), what follows its tail and the padding."""
+    def unpadded(seq):
+        start, stop = 0, len(seq)
+        while start < stop and seq[start] == pad_id:
+            start += 1
+        while stop > start and seq[stop - 1] == pad_id:
+            stop -= 1
+        return start, stop
+    (start, stop), (empty_start, empty_stop) = unpadded(ids), unpadded(empty_ids)
+    head = 0
+    while head < min(stop - start, empty_stop - empty_start) and ids[start + head] == empty_ids[empty_start + head]:
+        head += 1
+    tail = 0
+    while tail < min(stop - start - head, empty_stop - empty_start - head) and \
+            ids[stop - 1 - tail] == empty_ids[empty_stop - 1 - tail]:
+        tail += 1
+    return start + head, stop - tail
+
+
+def templated_layout(ids: list, vocab: dict, span: tuple[int, int], pad_id=None, dropped: int = 0) -> list[Token]:
+    """Context columns of a prompt tokenized inside a chat template by a byte-level BPE (Qwen's, Mistral's
+    tekken): the pieces in `span` are the prompt's, a piece whose text starts with a space opens a word
+    (as does punctuation), pieces outside are the template's, `pad_id` pads. The text encoder drops the
+    first `dropped` tokens before the diffusion model sees the context (Qwen-Image's system prompt):
+    column = position - dropped. A token that is not an int is an embedding vector."""
+    tokens, pending = [], b""
+    for position, token in enumerate(ids):
+        column = position - dropped
+        inside = span[0] <= position < span[1]
+        if not isinstance(token, int):
+            kind = EMBEDDING
+        elif token == pad_id and not inside:
+            kind = PAD
+        else:
+            kind = PIECE if inside else TEMPLATE
+        if kind != PIECE:
+            pending = b""
+            if column >= 0:
+                tokens.append(Token(column, kind, "" if kind != TEMPLATE else vocab.get(token, "")))
+            continue
+        piece = vocab.get(token, "")
+        # A character's bytes may be split over pieces: each piece shows what its bytes complete.
+        pending += bytes(BYTE_OF.get(c, ord("?")) for c in piece)
+        try:
+            text, pending = pending.decode("utf-8"), b""
+        except UnicodeDecodeError:
+            text = ""
+        starts = position == span[0] or piece.startswith(BYTE_LEVEL_SPACE) or not re.search(r"\w", text or "x")
+        if column >= 0:
+            tokens.append(Token(column, PIECE, text.strip(), False, starts))
+    return tokens

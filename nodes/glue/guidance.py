@@ -11,7 +11,7 @@ import comfy.model_management
 import comfy.samplers
 
 from ..core.excite import Evaluation
-from ..core.losses import Words, guidance_loss, retention_masks
+from ..core.losses import Words, loss_named, retention_masks
 from ..core.maps import SubjectScorer, gaussian_kernel
 from ..core.memory import choose_pass, fast_pass_bytes
 from .capture import GRAPHS, CaptureFailed, CapturedPass, capture_blockers, replay_key
@@ -125,13 +125,12 @@ class GuidancePass:
         auto, fast or lean; family: the model family's name (auto's estimate)."""
         self.base_model = base_model
         self.entry = positive_entry
-        self.loss = loss
+        self.loss = loss_named(loss)
         modifiers = modifiers if modifiers is not None else [[] for _ in subjects]
         used = {c for s in subjects for c in s} | {c for own in modifiers for m in own for c in m}
         prompt_columns = sorted(used | set(prompt_columns))
         self.words = Words.of(subjects, modifiers, prompt_columns)
-        # Divide & Bind reads the modifiers' maps as the subjects' are made; the others need none.
-        scored = subjects + [m for own in modifiers for m in own] if loss == "divide_and_bind" else subjects
+        scored = subjects + [m for own in modifiers for m in own] if self.loss.reads_modifier_maps else subjects
         with torch.inference_mode(False):  # autograd saves these; inference tensors it cannot
             self.score = SubjectScorer(scored, kept.clone(), gaussian_kernel(kernel_size, sigma))
             self.token_columns = torch.tensor(prompt_columns, dtype=torch.long)
@@ -166,7 +165,7 @@ class GuidancePass:
 
     def end_step(self):
         """A-STAR retains what the step's last evaluation, the one its update used, found."""
-        if self.loss == "a_star":
+        if self.loss.retains_masks:
             self.previous_masks = retention_masks(self.last_maps)
 
     def evaluate(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> Evaluation:
@@ -200,8 +199,8 @@ class GuidancePass:
         maps = self.score.maps(average)
         subject_maps = maps[:, :self.words.subjects]
         peaks = subject_maps.amax(dim=(-1, -2))
-        tokens = average[..., self.token_columns].flatten(1, 2).transpose(1, 2) if self.loss == "syngen" else None
-        value = guidance_loss(self.loss, maps, peaks, self.words, tokens, self.binding, self.previous_masks)
+        tokens = average[..., self.token_columns].flatten(1, 2).transpose(1, 2) if self.loss.reads_token_maps else None
+        value = self.loss.value(maps, peaks, self.words, tokens, self.binding, self.previous_masks)
         return value, peaks, subject_maps
 
     def _choose_memory(self, x: torch.Tensor):
@@ -209,7 +208,8 @@ class GuidancePass:
         dtype = getattr(self.base_model, "manual_cast_dtype", None) or self.base_model.get_dtype() or x.dtype
         mode, why = choose_pass(self.requested_memory, on_cpu,
                                 0 if on_cpu else comfy.model_management.get_free_memory(x.device),
-                                fast_pass_bytes(self.family, x.shape[0], x.shape[-2] * x.shape[-1], dtype.itemsize),
+                                fast_pass_bytes(self.family, x.shape[0], x.shape[-2] * x.shape[-1], dtype.itemsize,
+                                                sum(p.numel() for p in self.base_model.diffusion_model.parameters()) / 1e9),
                                 comfy.model_management.minimum_inference_memory())
         self.lean = mode == "lean"
         self.memory = f"{mode} (auto: {why})" if why else mode
@@ -225,8 +225,8 @@ class GuidancePass:
         self.conds = [[_entry_on(self.entry, x.device)]]
         self.score.to(x.device)
         self.token_columns = self.token_columns.to(x.device)
-        if self.loss != "attend_and_excite":
-            blockers.append(f"the {self.loss} loss runs eagerly (only attend_and_excite's pass is captured)")
+        if not self.loss.capturable:
+            blockers.append(f"the {self.loss.name} loss runs eagerly (only attend_and_excite's pass is captured)")
         self.model_options = with_backward_attention(self.recorder.install(model_options))
         if blockers:
             GRAPHS.clear()   # its memory may be what pushed the model off the GPU (low-VRAM loading)

@@ -1,11 +1,16 @@
-"""Records joint attention in MMDiT models (SD3, Flux): the image queries' attention to the
-text keys, in the guidance pass only.
+"""Records joint attention (text and image tokens in one softmax): the image queries' attention to
+the text keys, in the guidance pass only, in fp32, softmax over the whole joint sequence, after
+RoPE (what the model attends with).
 
-Each recorded block gets a `dit` replace patch on the pass's copied options. It runs the
-block (or a replacement already there) with an attention override that, for the block's
-joint attention call, computes the probabilities explicitly (fp32, softmax over the whole
-joint sequence, after Flux's RoPE: what the model attends with) and then lets the chosen
-backend compute the attention itself. Every other call keeps ComfyUI's optimized backend.
+- Double-stream blocks (SD3, Flux.1, Flux.2, Chroma, Qwen-Image): each recorded block gets a `dit`
+  replace patch on the pass's copied options. It runs the block (or a replacement already there)
+  with an attention override that records the block's joint call and lets the chosen backend
+  compute the attention itself.
+- Single-stream layers (Z-Image): no block patch exists on every release, so an attention override
+  on the pass's options tells the main layers' calls from the refiners' by their sequence's length
+  ([text, image], each padded) and records the first layers.
+
+Every other call keeps ComfyUI's optimized backend.
 """
 from dataclasses import dataclass
 
@@ -16,9 +21,10 @@ import comfy.model_patcher
 from ..core.maps import joint_text_probabilities, split_heads
 from .recorder import AttentionSum, ForwardDone
 
-# Children of the diffusion model that run after the joint blocks (or are them).
-BLOCK_LISTS = ("double_blocks", "joint_blocks")
-AFTER_JOINT_BLOCKS = {"single_blocks", "final_layer"}
+# Children of a diffusion model that run after its joint blocks.
+AFTER_JOINT_BLOCKS = {"single_blocks", "final_layer", "norm_out", "proj_out"}
+# The lists of double-stream blocks ComfyUI patches as `double_block`: Flux's, SD3's, Qwen-Image's.
+BLOCK_LISTS = ("double_blocks", "joint_blocks", "transformer_blocks")
 
 
 @dataclass(frozen=True)
@@ -31,43 +37,77 @@ class JointBlock:
         return "double_block", self.number
 
 
-def joint_blocks(diffusion_model) -> list[JointBlock]:
-    """Flux's double-stream blocks, or SD3's joint blocks: ComfyUI patches both as `double_block`."""
-    blocks = next((getattr(diffusion_model, name) for name in BLOCK_LISTS if hasattr(diffusion_model, name)), None)
-    if blocks is None:
+def joint_blocks(diffusion_model, name: str = "") -> list[JointBlock]:
+    """The double-stream blocks of `name` (by default the first list the model has): ComfyUI patches each
+    as `double_block`."""
+    name = name or next((n for n in BLOCK_LISTS if hasattr(diffusion_model, n)), "")
+    if not hasattr(diffusion_model, name):
         raise ValueError("this model has no joint attention blocks (Flux's double blocks, SD3's joint blocks)")
-    return [JointBlock(n) for n in range(len(blocks))]
+    return [JointBlock(n) for n in range(len(getattr(diffusion_model, name)))]
 
 
-class JointAttentionRecorder(AttentionSum):
+def _attention_call(call: tuple, kwargs: dict) -> tuple:
+    """(q, k as (B, H, N, D), heads, mask) of an optimized-attention call."""
+    q, k = call[0], call[1]
+    heads = call[3] if len(call) > 3 else kwargs["heads"]
+    mask = call[4] if len(call) > 4 else kwargs.get("mask")
+    if not kwargs.get("skip_reshape", False):
+        q, k = split_heads(q, heads), split_heads(k, heads)
+    return q, k, heads, mask
+
+
+class JointSum(AttentionSum):
     """Sums the image queries' attention over the text keys, over heads and blocks, in fp32."""
 
     attention = "joint attention"
+
+    def _start(self, latent_shape: tuple, patch_size: int):
+        self.total = None
+        self.heads = 0
+        self.shape = tuple(-(-side // patch_size) for side in latent_shape[-2:])
+        self.recorded = []     # (block or layer number, text tokens) of the last pass, for inspection
+        self.open = bool(latent_shape)
+
+    def _add(self, q: torch.Tensor, k: torch.Tensor, heads: int, mask, text_length: int, number: int):
+        """q and k of a joint [text, image, later image tokens] sequence; the later tokens (Kontext's
+        reference latents, single-stream padding) are no query of the maps. Computed even when closed:
+        the lean pass's rerun of a layer must save the tensors its first run saved, in the same order."""
+        grid = self.shape[0] * self.shape[1]
+        summed = joint_text_probabilities(q, k, text_length, grid, mask).sum(dim=1)
+        if not self.open:
+            return
+        self.total = summed if self.total is None else self.total + summed
+        self.heads += heads
+        self.recorded.append((number, text_length))
+
+
+class JointAttentionRecorder(JointSum):
+    """Double-stream blocks, each through a `dit` replace patch."""
+
     in_place_model = True      # Flux's blocks add their updates to their inputs in place
 
-    def __init__(self, blocks: list[JointBlock], patch_size: int):
+    def __init__(self, blocks: list[JointBlock], patch_size: int, block_list: str = ""):
         self.blocks = blocks
         self.patch_size = patch_size
+        self.block_list = block_list
         self.reset()
 
     def reset(self, latent_shape: tuple = ()):
         """Before each pass; the latent's shape lays the image tokens out on the patch grid."""
-        self.total = None
-        self.heads = 0
-        self.shape = tuple(-(-side // self.patch_size) for side in latent_shape[-2:])
-        self.recorded = []     # (block number, text tokens) of the last pass, for inspection
-        self.open = bool(latent_shape)
+        self._start(latent_shape, self.patch_size)
+
+    def _list(self, diffusion_model) -> str:
+        return self.block_list or next(n for n in BLOCK_LISTS if hasattr(diffusion_model, n))
 
     def modules_run(self, diffusion_model) -> list[torch.nn.Module]:
         """The modules that a forward stopped after the last recorded block runs."""
-        name = next(n for n in BLOCK_LISTS if hasattr(diffusion_model, n))
+        name = self._list(diffusion_model)
         return [m for n, m in diffusion_model.named_children() if n not in AFTER_JOINT_BLOCKS | {name}] + \
             self.recomputed_layers(diffusion_model)
 
     def recomputed_layers(self, diffusion_model) -> list[torch.nn.Module]:
         """The joint blocks the pass runs: the lean pass runs each again in its backward."""
-        blocks = next(getattr(diffusion_model, n) for n in BLOCK_LISTS if hasattr(diffusion_model, n))
-        return list(blocks)[:self.blocks[-1].number + 1]
+        return list(getattr(diffusion_model, self._list(diffusion_model)))[:self.blocks[-1].number + 1]
 
     def install(self, model_options: dict) -> dict:
         """A copy of model_options whose recorded blocks record, wrapping any `dit`
@@ -86,7 +126,9 @@ class JointAttentionRecorder(AttentionSum):
             outer = options.get("optimized_attention_override")
 
             def override(func, *call, **kwargs):
-                self._add(call, kwargs, text_length, image_length, block)
+                q, k, heads, mask = _attention_call(call, kwargs)
+                if q.shape[2] == text_length + image_length:     # not SD3.5 medium's image-only attention
+                    self._add(q, k, heads, mask, text_length, block.number)
                 return outer(func, *call, **kwargs) if outer is not None else func(*call, **kwargs)
             inner = {**args, "transformer_options": {**options, "optimized_attention_override": override}}
             out = previous(inner, extra) if previous is not None else extra["original_block"](inner)
@@ -95,17 +137,56 @@ class JointAttentionRecorder(AttentionSum):
             return out
         return record
 
-    def _add(self, call: tuple, kwargs: dict, text_length: int, image_length: int, block: JointBlock):
-        q, k = call[0], call[1]
-        heads = call[3] if len(call) > 3 else kwargs["heads"]
-        if not kwargs.get("skip_reshape", False):
-            q, k = split_heads(q, heads), split_heads(k, heads)
-        if q.shape[2] != text_length + image_length:
-            return    # not the joint call (SD3.5 medium's image-only attention)
-        grid = self.shape[0] * self.shape[1]     # later image tokens: Kontext's reference latents
-        summed = joint_text_probabilities(q, k, text_length)[:, :, :grid].sum(dim=1)
-        if not self.open:
-            return
-        self.total = summed if self.total is None else self.total + summed
-        self.heads += heads
-        self.recorded.append((block.number, text_length))
+
+class JointLayerRecorder(JointSum):
+    """Single-stream layers over [text, image] (Z-Image's NextDiT): the first `count` of them, through
+    an attention override on the pass's options. The refiners before them attend over the text alone
+    or the image alone; the main layers' calls are the ones as long as both, each padded to the
+    model's multiple."""
+
+    in_place_model = False
+
+    def __init__(self, diffusion_model, layer_list: str, recorded_count, text_length: int):
+        layers = getattr(diffusion_model, layer_list)
+        self.layer_list = layer_list
+        self.blocks = list(range(recorded_count(len(layers))))
+        self.patch_size = diffusion_model.patch_size
+        self.multiple = getattr(diffusion_model, "pad_tokens_multiple", None) or 1
+        self.text_length = self._padded(text_length)
+        self.reset()
+
+    def _padded(self, length: int) -> int:
+        return length + (-length % self.multiple)
+
+    def reset(self, latent_shape: tuple = ()):
+        self._start(latent_shape, self.patch_size)
+        self.joint_length = self.text_length + self._padded(self.shape[0] * self.shape[1]) if latent_shape else 0
+        self.calls = 0
+
+    def modules_run(self, diffusion_model) -> list[torch.nn.Module]:
+        """The whole model (its pad tokens are its own parameters); the forward stops in the last recorded layer."""
+        return [diffusion_model]
+
+    def recomputed_layers(self, diffusion_model) -> list[torch.nn.Module]:
+        """The refiners and the main layers before the last recorded one: the lean pass runs each again
+        in its backward."""
+        refiners = [layer for name, child in diffusion_model.named_children()
+                    if isinstance(child, torch.nn.ModuleList) and name != self.layer_list for layer in child]
+        return refiners + list(getattr(diffusion_model, self.layer_list))[:self.blocks[-1]]
+
+    def install(self, model_options: dict) -> dict:
+        """A copy of model_options with the recording attention override (wrapping one already there)."""
+        options = model_options.get("transformer_options", {})
+        outer = options.get("optimized_attention_override")
+
+        def override(func, *call, **kwargs):
+            q, k, heads, mask = _attention_call(call, kwargs)
+            if q.shape[2] == self.joint_length:
+                recording, layer = self.open, self.calls
+                self._add(q, k, heads, mask, self.text_length, layer)
+                if recording:
+                    self.calls += 1
+                    if layer == self.blocks[-1]:
+                        raise ForwardDone
+            return outer(func, *call, **kwargs) if outer is not None else func(*call, **kwargs)
+        return {**model_options, "transformer_options": {**options, "optimized_attention_override": override}}

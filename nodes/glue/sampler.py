@@ -16,14 +16,13 @@ import comfy.samplers
 from comfy.k_diffusion.sampling import offset_first_sigma_for_snr
 
 from ..core.excite import excite
-from ..core.losses import LOSSES, NEEDS_PAIRS, binding_weight, refinement_test
+from ..core.families import PROMPT, Family
+from ..core.losses import binding_weight, loss_named
 from ..core.record import AttentionRecord
 from ..core.schedule import Schedule, build_schedule
-from ..core.settings import REFINING_LOSSES, Settings
-from .family import Family, detect_family
+from ..core.settings import Settings
+from .family import detect_family, recorder_for
 from .guidance import GuidancePass, autograd_weights
-from .joint import JointAttentionRecorder, joint_blocks
-from .recorder import AttentionRecorder, blocks_at_level
 from .text import SUBJECTS_KEY
 
 # Evaluations that some samplers make at a later step's own sigma before that step
@@ -46,35 +45,38 @@ RESCALED_STATE = {"uni_pc", "uni_pc_bh2"}
 STALE_CALLBACK_STATE = {"ipndm", "ipndm_v", "deis"}
 
 
-def recorder_for(diffusion_model, family: Family, map_level):
-    """The recorder of a family's maps: UNets' cross-attention at a latent level, or every
-    joint block of an MMDiT."""
-    if not family.joint:
-        return AttentionRecorder(blocks_at_level(diffusion_model, family.map_level if map_level is None else map_level))
-    if map_level is not None:
-        raise ValueError(f"map_level chooses a UNet level; {family.name} reads its maps in every joint attention "
-                         f"block: set map_level to auto")
-    return JointAttentionRecorder(joint_blocks(diffusion_model), diffusion_model.patch_size)
-
-
-def _subjects_of(positive: list[dict], settings: Settings):
+def _subjects_of(positive: list[dict], settings: Settings, family: Family):
     for entry in positive:
         info = entry.get(SUBJECTS_KEY)
-        if info is not None or settings.token_indices:
+        if info is not None or settings.token_indices and family.context != PROMPT:
             return entry, info or {}
+    if settings.token_indices:
+        raise ValueError(f"on {family.name}, token_indices need the conditioning of 'CLIP Text Encode "
+                         f"(Attend-and-Excite)': it marks which of the text encoder's columns are the prompt's words "
+                         f"(the chat template's are not)")
     raise ValueError("the positive conditioning carries no Attend-and-Excite subjects: encode the prompt with "
                      "'CLIP Text Encode (Attend-and-Excite)', or give token_indices on the sampler")
 
 
+def _in_model_columns(info: dict, shift: int) -> dict:
+    """The subjects' columns as the diffusion model receives the context: `shift` columns later where
+    the model pads it on the left (Flux.2)."""
+    if not shift:
+        return info
+    def moved(columns):
+        return [moved(c) for c in columns] if isinstance(columns, list) else columns + shift
+    return {**info, **{key: moved(info[key]) for key in ("subjects", "modifiers", "prompt_columns", "end_columns")
+                       if key in info}}
+
+
 def _check_loss(settings: Settings, modifiers: list):
-    if settings.loss not in LOSSES:
-        raise ValueError(f"unknown loss {settings.loss!r}; pick one of {', '.join(LOSSES)}")
-    if settings.loss in NEEDS_PAIRS and not any(modifiers):
+    loss = loss_named(settings.loss)
+    if loss.needs_pairs and not any(modifiers):
         raise ValueError(f"the {settings.loss} loss binds modifiers to their nouns, and no subject has one: describe "
                          f"the nouns in the prompt ('a red circle and a blue square'), or write each subject in "
                          f"'subjects' as a group that ends with its noun ('red circle, blue square'); token_indices "
                          f"give no modifiers")
-    if settings.loss not in REFINING_LOSSES and settings.thresholds:
+    if not loss.refines and settings.thresholds:
         logging.warning("Attend-and-Excite: the %s loss never refines to a threshold (as its paper); the thresholds "
                         "are not used (set them to auto or leave them empty)", settings.loss)
     if settings.loss == "divide_and_bind" and not any(modifiers):
@@ -89,10 +91,17 @@ class GuidedRun:
         guider = model_k.inner_model
         base_model = guider.inner_model
         family = detect_family(base_model)
-        entry, info = _subjects_of(guider.conds.get("positive", []), settings)
+        entry, info = _subjects_of(guider.conds.get("positive", []), settings, family)
+        if family.refuses_reference_latents and "ref_latents" in entry["model_conds"]:
+            raise ValueError(f"Attend-and-Excite guides {family.name}'s text-to-image models; the Edit models' "
+                             f"reference images are not supported: sample without the reference latents, or "
+                             f"with the stock KSampler")
         token_count = entry["model_conds"]["c_crossattn"].cond.shape[1]
-        subjects = [list(c) for c in (settings.token_indices or info["subjects"])]
-        kept = family.kept(token_count, info.get("end_columns", []))
+        shift = token_count - info.get("context_length", token_count) if family.context_padded_left else 0
+        info = _in_model_columns(info, shift)
+        subjects = [[c + shift for c in s] for s in settings.token_indices] if settings.token_indices else \
+            [list(c) for c in info["subjects"]]
+        kept = family.kept(token_count, info.get("end_columns", []), info.get("prompt_columns", []))
         scored = set(kept.tolist())
         for column in (c for s in subjects for c in s):
             if column >= token_count:
@@ -108,12 +117,14 @@ class GuidedRun:
         self.pending = [j for j in range(self.schedule.steps) if self.schedule.is_guided(j)]
         labels = ["+".join(map(str, c)) for c in settings.token_indices] if settings.token_indices else \
             info["labels"]
-        record.start(family.name, labels, self.schedule.thresholds, self.schedule.steps, settings.loss)
+        record.start(family.name, labels, self.schedule.thresholds, self.schedule.steps, settings.loss,
+                     family.pixels_per_cell)
         self.guidance = GuidancePass(base_model, entry, subjects, kept,
-                                     recorder_for(base_model.diffusion_model, family, settings.map_level),
+                                     recorder_for(base_model.diffusion_model, family, settings.map_level, token_count),
                                      settings.kernel_size, settings.smoothing_sigma, settings.loss, modifiers,
                                      info.get("prompt_columns", []), settings.guidance_memory, family.name)
         self.loss, self.schedule_steps = settings.loss, settings.schedule_steps
+        self.binds = loss_named(settings.loss).binding_schedule
         self.sigmas = sigmas.tolist()
         # Samplers that work in log-SNR start a flow model just under sigma 1 (ComfyUI's
         # offset_first_sigma_for_snr): step 0 is found at either sigma.
@@ -173,14 +184,14 @@ class GuidedRun:
             _progress_text(f"Attend-and-Excite: step {step + 1}, refinement {iteration}/{s.max_refinement}")
 
         out_of_memory = False
-        self.guidance.begin_step(binding_weight(step, s.steps, self.schedule_steps))
+        self.guidance.begin_step(binding_weight(step, s.steps, self.schedule_steps) if self.binds else 0.0)
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 moved, log = excite(x, lambda z: self.guidance.evaluate(z, sigma, model_options), step,
                                     s.step_size(step, sigma_value),
                                     alter=step < s.steps_to_alter, threshold=s.thresholds.get(step),
                                     max_refinement=s.max_refinement, on_iteration=on_iteration,
-                                    unmet=refinement_test(self.loss))
+                                    unmet=loss_named(self.loss).unmet)
                 self.guidance.end_step()
         except torch.OutOfMemoryError:
             out_of_memory = True     # raised below, once this error's frames (and the graph) are released

@@ -59,15 +59,19 @@ def bare_config(name: str):
     ("SD15", "SD1.x"), ("SD15_instructpix2pix", "SD1.x"), ("SD20", "SD2.x"), ("SD21UnclipH", "SD2.x"),
     ("SDXL", "SDXL"), ("SSD1B", "SDXL"), ("Segmind_Vega", "SDXL"), ("KOALA_700M", "SDXL"),
     ("SDXL_instructpix2pix", "SDXL"), ("SD3", "SD3"), ("Flux", "Flux.1"), ("FluxSchnell", "Flux.1"),
-    ("FluxInpaint", "Flux.1")])
+    ("FluxInpaint", "Flux.1"), ("ZImage", "Z-Image"), ("QwenImage", "Qwen-Image"), ("Flux2", "Flux.2"),
+    ("Chroma", "Chroma")])
 def test_families_are_detected_from_the_config_class(config, family):
     assert detect_family(bare_config(config)).name == family
 
 
-@pytest.mark.parametrize("config", ["Flux2", "SDXLRefiner", "SD_X4Upscaler", "LotusD", "Stable_Zero123",
+SUPPORTED = "SD1.x, SD2.x, SDXL, SD3, Flux.1, Z-Image, Qwen-Image, Flux.2, Chroma"
+
+
+@pytest.mark.parametrize("config", ["Lumina2", "SDXLRefiner", "SD_X4Upscaler", "LotusD", "Stable_Zero123",
                                     "HunyuanVideo", "StableAudio"])
 def test_other_models_are_refused_with_what_is_supported(config):
-    with pytest.raises(ValueError, match=f"supports SD1.x, SD2.x, SDXL, SD3, Flux.1 models; this model is {config}"):
+    with pytest.raises(ValueError, match=f"supports {SUPPORTED} models; this model is {config}"):
         detect_family(bare_config(config))
 
 
@@ -78,7 +82,7 @@ def test_a_refused_model_stops_sampling_before_any_step():
     extra = {"pooled_output": torch.randn(1, 1280)}
     positive = support.random_conditioning(1, context_dim=1280, **extra, **support.SUBJECTS)
     negative = support.random_conditioning(2, context_dim=1280, **extra)
-    with pytest.raises(ValueError, match="supports SD1.x, SD2.x, SDXL, SD3, Flux.1 models"):
+    with pytest.raises(ValueError, match=f"supports {SUPPORTED} models"):
         support.sample(model, "euler", FORCED, positive, negative, torch.zeros(1, 4, 8, 8))
 
 

@@ -1,7 +1,7 @@
 """Where the guidance pass's memory goes, in each guidance_memory mode: the activations it keeps
-for its backward, the most the backward holds at once, and the pass's arithmetic, for the
-full-width SD1.5, SDXL, SD3.5 large and Flux.1-dev models, counted on PyTorch's meta device (shapes only: no
-weights, no compute; seconds to a minute on a CPU).
+for its backward, the most the backward holds at once, and the pass's arithmetic, for each
+family's full-width model (SD1.5, SDXL, SD3.5 large, Flux.1-dev, Z-Image, Qwen-Image, Flux.2 dev and Klein,
+Chroma), counted on PyTorch's meta device (shapes only: no weights, no compute; seconds to minutes on a CPU).
 
     bash tests/harness/comfy_env.sh python tests/harness/saved_activations.py [--shape sdxl] [--size 1024]
         [--batch 1] [--table]
@@ -35,11 +35,10 @@ support.import_comfy(cpu=True)
 support.import_package()
 import comfy.supported_models  # noqa: E402
 from comfy.ldm.modules.attention import SpatialTransformer  # noqa: E402
-from attend_and_excite.nodes.glue.family import FAMILIES  # noqa: E402
-from attend_and_excite.nodes.glue.joint import JointAttentionRecorder, joint_blocks  # noqa: E402
+from attend_and_excite.nodes.core import families  # noqa: E402
+from attend_and_excite.nodes.glue.family import recorder_for  # noqa: E402
 from attend_and_excite.nodes.glue.recompute import recomputing  # noqa: E402
-from attend_and_excite.nodes.glue.recorder import (AttentionRecorder, ForwardDone, blocks_at_level,  # noqa: E402
-                                                   blocks_through)
+from attend_and_excite.nodes.glue.recorder import AttentionRecorder, ForwardDone, blocks_through  # noqa: E402
 
 # The real widths (ComfyUI's detected configs): SDXL 320 channels, 64-channel heads; SD1.5 320
 # channels, 8 heads; Flux.1-dev 3072 wide, 19 double and 38 single blocks, T5 4096 wide (256 tokens,
@@ -52,13 +51,48 @@ SD35_LARGE = dict(in_channels=16, out_channels=16, patch_size=2, depth=38, adm_i
                   pos_embed_max_size=192, num_patches=36864, qk_norm="rms", pos_embed_scaling_factor=None,
                   x_block_self_attn_layers=[], context_embedder_config={
                       "target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 2432}})
-SHAPES = {  # name -> (config class, config, dtype, default size, text tokens, context width, pooled width)
-    "sd15": ("SD15", dict(support.SD15_TOPOLOGY, model_channels=320, context_dim=768), torch.float16, 512, 77, 768,
-             None),
-    "sdxl": ("SDXL", dict(support.SDXL_TOPOLOGY, model_channels=320, num_heads=-1, num_head_channels=64),
-             torch.float16, 1024, 77, 2048, 2816),
-    "sd35": ("SD3", SD35_LARGE, torch.float16, 1024, 154, 4096, 2048),
-    "flux": ("Flux", FLUX_DEV, torch.bfloat16, 1024, 256, 4096, 768),
+# Z-Image (6B) as ComfyUI detects it: 30 layers 3840 wide, Qwen3-4B's 2560-wide context.
+ZIMAGE = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=3840, n_layers=30, n_refiner_layers=2,
+              n_heads=30, n_kv_heads=30, multiple_of=256, ffn_dim_multiplier=8.0 / 3.0, norm_eps=1e-5, qk_norm=True,
+              cap_feat_dim=2560, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512], rope_theta=256.0,
+              z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32)
+# Qwen-Image (20B): 60 double-stream blocks 3072 wide, Qwen2.5-VL-7B's 3584-wide context.
+QWEN_IMAGE = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=60,
+                  attention_head_dim=128, num_attention_heads=24, joint_attention_dim=3584, axes_dims_rope=(16, 56, 56))
+
+
+def flux2(hidden: int, depth: int, single: int, context: int, guidance: bool) -> dict:
+    """Flux.2's layout (128-channel heads, 4-axis RoPE, 128 latent channels at patch size 1) at a size:
+    dev 6144 wide (8 + 48 blocks, Mistral 3's 3 x 5120 context), Klein 4B 3072 (5 + 20, Qwen3-4B's
+    3 x 2560), Klein 9B 4096 (8 + 24, Qwen3-8B's 3 x 4096)."""
+    return support.for_this_comfyui(dict(
+        image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=context,
+        hidden_size=hidden, mlp_ratio=3.0, num_heads=hidden // 128, depth=depth, depth_single_blocks=single,
+        axes_dim=[32, 32, 32, 32], theta=2000, patch_size=1, qkv_bias=False, guidance_embed=guidance,
+        global_modulation=True, mlp_silu_act=True, ops_bias=False, default_ref_method="index", ref_index_scale=10.0))
+
+
+# Chroma (8.9B): Flux.1-schnell's blocks, a modulation approximator instead of the pooled vector.
+CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=4096, hidden_size=3072,
+              mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000,
+              patch_size=2, qkv_bias=True, in_dim=64, out_dim=3072, hidden_dim=5120, n_layers=5)
+SHAPES = {  # name -> (family, config class, config, dtype, default size, text tokens, context width, pooled width)
+    "sd15": (families.SD1, "SD15", dict(support.SD15_TOPOLOGY, model_channels=320, context_dim=768), torch.float16,
+             512, 77, 768, None),
+    "sdxl": (families.SDXL, "SDXL", dict(support.SDXL_TOPOLOGY, model_channels=320, num_heads=-1,
+                                         num_head_channels=64), torch.float16, 1024, 77, 2048, 2816),
+    "sd35": (families.SD3, "SD3", SD35_LARGE, torch.float16, 1024, 154, 4096, 2048),
+    "flux": (families.FLUX, "Flux", FLUX_DEV, torch.bfloat16, 1024, 256, 4096, 768),
+    # LLM contexts: a 60-word prompt in its template (Flux.2's is padded to 512 by the model, Klein's
+    # tokenizer pads to 512); Chroma's T5 as Flux's.
+    "zimage": (families.ZIMAGE, "ZImage", ZIMAGE, torch.bfloat16, 1024, 96, 2560, None),
+    "qwen_image": (families.QWEN_IMAGE, "QwenImage", QWEN_IMAGE, torch.bfloat16, 1328, 96, 3584, None),
+    "flux2_dev": (families.FLUX2, "Flux2", flux2(6144, 8, 48, 15360, True), torch.bfloat16, 1024, 512, 15360, None),
+    "flux2_klein_4b": (families.FLUX2, "Flux2", flux2(3072, 5, 20, 7680, False), torch.bfloat16, 1024, 512, 7680,
+                       None),
+    "flux2_klein_9b": (families.FLUX2, "Flux2", flux2(4096, 8, 24, 12288, False), torch.bfloat16, 1024, 512, 12288,
+                       None),
+    "chroma": (families.CHROMA, "Chroma", CHROMA, torch.bfloat16, 1024, 256, 4096, None),
 }
 MODES = ("fast", "lean", "lean, whole blocks")     # the last: the alternative measured for UNets
 
@@ -85,25 +119,25 @@ class Build:
     """A full-width model on the meta device, its recorder and its inputs."""
 
     def __init__(self, shape: str, size: int, batch: int):
-        family, config, dtype, _, tokens, context_width, pooled = SHAPES[shape]
+        family, config_class, config, dtype, _, tokens, context_width, pooled = SHAPES[shape]
         self.shape, self.dtype = shape, dtype
-        model_config = getattr(comfy.supported_models, family)(support.for_this_comfyui(dict(config, dtype=dtype)))
+        model_config = getattr(comfy.supported_models, config_class)(support.for_this_comfyui(dict(config, dtype=dtype)))
         self.model = model_config.get_model({}, device="meta").diffusion_model
         for p in self.model.parameters():
             p.requires_grad_(False)
-        if family in ("Flux", "SD3"):
-            self.recorder = JointAttentionRecorder(joint_blocks(self.model), self.model.patch_size)
-        else:
-            self.recorder = AttentionRecorder(blocks_at_level(self.model, FAMILIES[family].map_level))
+        self.recorder = recorder_for(self.model, family, None, tokens)
         self.options = self.recorder.install(
             {"transformer_options": {"optimized_attention_override": flash_attention}})
-        channels = config["in_channels"]
-        self.x_shape = (batch, channels, size // 8, size // 8)
+        latent = model_config.latent_format
+        side = size // family.pixels_per_cell
+        self.x_shape = (batch, latent.latent_channels, *([1] if family is families.QWEN_IMAGE else []), side, side)
         self.inputs = {"context": torch.zeros(batch, tokens, context_width, device="meta", dtype=dtype)}
         if pooled:
             self.inputs["y"] = torch.zeros(batch, pooled, device="meta", dtype=dtype)
-        if shape == "flux":
+        if config.get("guidance_embed") or family is families.CHROMA:
             self.inputs["guidance"] = torch.full((batch,), 3.5, device="meta")
+        if family is families.ZIMAGE:
+            self.inputs["num_tokens"] = tokens
 
     def layers(self, mode: str) -> list[torch.nn.Module]:
         if mode == "fast":
@@ -167,7 +201,7 @@ def run_pass(build: Build, mode: str, labelled: list[torch.nn.Module], backward:
 
 def measure(shape: str, size: int, batch: int) -> dict:
     build = Build(shape, size, batch)
-    modes = [m for m in MODES if build.recorder.in_place_model is False or m != "lean, whole blocks"]
+    modes = [m for m in MODES if isinstance(build.recorder, AttentionRecorder) or m != "lean, whole blocks"]
     gib, rows = 2 ** 30, {}
     for mode in modes:
         counted = run_pass(build, mode, [])
@@ -182,7 +216,8 @@ def measure(shape: str, size: int, batch: int) -> dict:
     for row in rows.values():
         row["flops_x_fast"] = round(row["tflops"] / rows["fast"]["tflops"], 3)
     return {"shape": shape, "size": size, "batch": batch, "dtype": str(build.dtype).replace("torch.", ""),
-            "modes": rows}
+            "latent_cells": build.x_shape[-2] * build.x_shape[-1],
+            "parameters_b": round(sum(p.numel() for p in build.model.parameters()) / 1e9, 2), "modes": rows}
 
 
 def main():
@@ -193,9 +228,9 @@ def main():
     parser.add_argument("--table", action="store_true", help="every shape at its own size, batch 1 and 2, as JSON")
     args = parser.parse_args()
     if args.table:
-        print(json.dumps([measure(s, SHAPES[s][3], b) for s in SHAPES for b in (1, 2)], indent=1))
+        print(json.dumps([measure(s, SHAPES[s][4], b) for s in SHAPES for b in (1, 2)], indent=1))
         return
-    print(json.dumps(measure(args.shape, args.size or SHAPES[args.shape][3], args.batch), indent=1))
+    print(json.dumps(measure(args.shape, args.size or SHAPES[args.shape][4], args.batch), indent=1))
 
 
 if __name__ == "__main__":

@@ -248,7 +248,7 @@ def grounding_term(maps: list[torch.Tensor], masks: torch.Tensor, captioned: tor
     from attend_and_excite.nodes.core.maps import token_softmax
     from attend_and_excite.nodes.demo.grounding import grounding_loss
     from attend_and_excite.nodes.demo.shapes import kind_column
-    from attend_and_excite.nodes.glue.family import CLIP_CHUNK, DEMO
+    from attend_and_excite.nodes.core.families import CLIP_CHUNK, DEMO
     kept = DEMO.kept(CLIP_CHUNK, []).to(masks.device)
     picked = torch.tensor([int((kept == kind_column(n)).nonzero()) for n in range(masks.shape[1])],
                           device=masks.device)
