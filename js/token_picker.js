@@ -28,16 +28,19 @@ function addStyle() {
   document.head.append(style);
 }
 
-// Text encoder loaders whose `type` makes Flux's text encoder: its subjects are T5 columns.
-const T5_TYPES = new Set(["flux", "chroma"]);
+// The text encoder a loader's `type` makes, as the route names it: Flux's and Chroma's T5, Z-Image's
+// Qwen3 (its CLIPLoader type is lumina2), Qwen-Image's Qwen2.5-VL; flux2 loads Mistral (dev) or, from a
+// Qwen3 file, Klein's Qwen3.
+const ENCODER_OF_TYPE = { flux: "t5", chroma: "t5", lumina2: "qwen3", qwen_image: "qwen25_vl", flux2: "mistral" };
 
-// "t5" when the node's clip comes from a loader set to a Flux-style text encoder, else "clip"
-// (a checkpoint's family is only known once it is loaded: CLIP's columns, as most have).
+// The encoder whose columns the node's subjects index, from the loader its clip comes from; "clip" for
+// a checkpoint (its family is only known once it is loaded: CLIP's columns, as most have).
 export function encoderOf(node) {
   const link = node.inputs?.find((i) => i.name === "clip")?.link;
   const source = link != null ? node.graph?.getNodeById(node.graph.links[link]?.origin_id) : null;
-  const type = source?.widgets?.find((w) => w.name === "type")?.value;
-  return T5_TYPES.has(String(type).toLowerCase()) ? "t5" : "clip";
+  const widget = (name) => String(source?.widgets?.find((w) => w.name === name)?.value ?? "").toLowerCase();
+  const encoder = ENCODER_OF_TYPE[widget("type")] ?? "clip";
+  return encoder === "mistral" && widget("clip_name").includes("qwen") ? "qwen3_klein" : encoder;
 }
 
 async function tokenize(text, subjects, encoder) {
@@ -77,8 +80,8 @@ function render(container, answer, subjects, onToggle) {
   const automatic = !splitItems(subjects).length;
   const head = document.createElement("div");
   head.className = "ae-head";
-  const count = answer.tokens.filter((t) => t.kind !== "start" && t.kind !== "end").length;
-  head.textContent = `${count} ${answer.encoder === "t5" ? "T5" : "CLIP"} tokens · click words to choose subjects` +
+  const count = answer.tokens.filter((t) => t.kind === "piece" || t.kind === "embedding").length;
+  head.textContent = `${count} ${answer.tokens_of} tokens · click words to choose subjects` +
     (automatic ? " (now: automatic)" : "") + (pairs.length ? ` · pairs: ${pairs.join(", ")}` : "");
   container.append(head);
   const pieces = new Map(answer.tokens.map((t) => [t.position, t.text]));

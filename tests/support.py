@@ -70,18 +70,24 @@ TINY_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=32
                  dtype=torch.float32)
 
 
-# Flux.1's values of the FluxParams fields that newer ComfyUI requires (0.33.0: txt_ids_dims).
-FLUX1_PARAMS = {"txt_ids_dims": []}
+# The fields newer ComfyUI's Flux-style params require (0.33.0: txt_ids_dims, Chroma's vec_in_dim), with
+# the values its detection gives each model.
+NEWER_PARAMS = {"flux": {"txt_ids_dims": []}, "flux2": {"txt_ids_dims": [3]},
+                "chroma": {"txt_ids_dims": [], "vec_in_dim": None}}
 
 
 def for_this_comfyui(config: dict) -> dict:
-    """A Flux config with the fields the running ComfyUI's FluxParams requires; others as they are."""
-    if config.get("image_model") != "flux":
+    """A Flux, Flux.2 or Chroma config with the fields the running ComfyUI's params require; others as they are."""
+    extra = NEWER_PARAMS.get(config.get("image_model"))
+    if extra is None:
         return dict(config)
     import dataclasses
+    import comfy.ldm.chroma.model
     import comfy.ldm.flux.model
-    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
-    return {**{k: v for k, v in FLUX1_PARAMS.items() if k in fields}, **config}
+    params = comfy.ldm.chroma.model.ChromaParams if config["image_model"] == "chroma" else \
+        comfy.ldm.flux.model.FluxParams
+    fields = {f.name for f in dataclasses.fields(params)}
+    return {**{k: v for k, v in extra.items() if k in fields}, **config}
 
 
 def tiny_model(seed: int = 0, config: dict = TINY_UNET, family: str = "SD15", model_type=None):

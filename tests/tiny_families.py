@@ -25,21 +25,12 @@ import support
 QWEN3 = dict(hidden_size=256, intermediate_size=512, num_attention_heads=2, num_key_value_heads=1)
 QWEN25 = dict(QWEN3)
 MISTRAL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=2, num_key_value_heads=1,
-               vocab_size=300)
+               vocab_size=512)     # the tekken vocabulary below: 20 special tokens, 256 bytes, some words
 T5 = dict(d_model=64, d_ff=128, d_kv=32, num_heads=2, num_layers=2)
 
 
-def _flux_params(config: dict) -> dict:
-    """A Flux or Flux.2 config with the fields the running ComfyUI's FluxParams requires."""
-    import dataclasses
-    import comfy.ldm.flux.model
-    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
-    extra = {"txt_ids_dims": [3] if config["image_model"] == "flux2" else []}
-    return {**{k: v for k, v in extra.items() if k in fields}, **config}
-
-
 def zimage_config(context: int) -> dict:
-    return dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256, n_layers=6, n_refiner_layers=1,
+    return dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256, n_layers=3, n_refiner_layers=1,
                 n_heads=2, n_kv_heads=2, multiple_of=256, ffn_dim_multiplier=8.0 / 3.0, norm_eps=1e-5, qk_norm=True,
                 cap_feat_dim=context, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512], rope_theta=256.0,
                 z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32)
@@ -51,7 +42,7 @@ def qwen_image_config(context: int) -> dict:
 
 
 def flux2_config(context: int, guidance: bool = True) -> dict:
-    return _flux_params(dict(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None,
+    return support.for_this_comfyui(dict(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None,
                              context_in_dim=context, hidden_size=64, mlp_ratio=3.0, num_heads=2, depth=2,
                              depth_single_blocks=1, axes_dim=[8, 8, 8, 8], theta=2000, patch_size=1, qkv_bias=False,
                              guidance_embed=guidance, global_modulation=True, mlp_silu_act=True, ops_bias=False,

@@ -1,27 +1,42 @@
 """The frontend's server route: a prompt's tokens, word groups, automatic subjects and
 the subjects a `subjects` field resolves to (each with its modifiers), from ComfyUI's bundled tokenizers (no model
-is loaded): CLIP's, whose columns SD1.x, SD2.x, SDXL and SD3 subjects index, or T5's,
-whose columns Flux's do."""
+is loaded): CLIP's (SD1.x, SD2.x, SDXL, SD3), T5's (Flux.1, Chroma), Qwen3's behind Z-Image's or Flux.2 Klein's
+chat template, Qwen2.5-VL's behind Qwen-Image's (whose encoder drops the template's head). Flux.2 dev's
+Mistral tokenizer lives in its text-encoder file: the route says what to do instead."""
 import functools
+import importlib
 import json
 
 from aiohttp import web
 
-from ..core.tokens import PAD, PIECE, SubjectError, automatic_subjects, layout, resolve_subjects, words
+from ..core.tokens import PAD, PIECE, SubjectError, automatic_subjects, resolve_subjects, words
+from .text import prompt_tokens
 
 MAX_BODY_BYTES = 64 * 1024
 
-
-ENCODERS = ("clip", "t5")
+# encoder -> (module, tokenizer class, what the picker calls its tokens)
+ENCODERS = {"clip": ("comfy.sd1_clip", "SD1Tokenizer", "CLIP"),
+            "t5": ("comfy.text_encoders.flux", "FluxTokenizer", "T5"),
+            "qwen3": ("comfy.text_encoders.z_image", "ZImageTokenizer", "Qwen3"),
+            "qwen3_klein": ("comfy.text_encoders.flux", "KleinTokenizer", "Qwen3"),
+            "qwen25_vl": ("comfy.text_encoders.qwen_image", "QwenImageTokenizer", "Qwen2.5-VL"),
+            "mistral": ("comfy.text_encoders.flux", "Flux2Tokenizer", "Mistral")}
+UNAVAILABLE = {
+    "mistral": "Flux.2 dev's tokenizer lives inside its text-encoder file, so the picker cannot list its tokens: "
+               "write the subjects as words ('cat, frog'), or leave them empty for the nouns; the encode node "
+               "resolves them when it runs",
+    "qwen3_klein": "this ComfyUI has no Flux.2 Klein text encoder (it came after 0.3.75): update ComfyUI",
+}
 
 
 @functools.cache
 def _tokenizer(encoder: str):
-    if encoder == "t5":
-        import comfy.text_encoders.sd3_clip
-        return comfy.text_encoders.sd3_clip.T5XXLTokenizer()
-    import comfy.sd1_clip
-    return comfy.sd1_clip.SD1Tokenizer().clip_l
+    """ComfyUI's tokenizer of `encoder`, or None where it cannot be made without a model file."""
+    module, name, _ = ENCODERS[encoder]
+    if encoder == "mistral":
+        return None
+    cls = getattr(importlib.import_module(module), name, None)
+    return cls() if cls is not None else None
 
 
 def _subject_list(subjects) -> list[dict]:
@@ -33,20 +48,24 @@ def tokenize(text: str, subjects: str = "", encoder: str = "clip") -> dict:
     """What the token picker shows; `chosen` is what the node will use, with `error`
     holding the message the node would stop with."""
     tokenizer = _tokenizer(encoder)
-    chunks = tokenizer.tokenize_with_weights(text)
-    tokens, _ = layout(chunks, tokenizer.inv_vocab, tokenizer.start_token, tokenizer.end_token)
+    answer = {"tokens": [], "words": [], "automatic": [], "chosen": [], "error": None, "encoder": encoder,
+              "tokens_of": ENCODERS[encoder][2]}
+    if tokenizer is None:
+        return {**answer, "error": UNAVAILABLE[encoder]}
+    tokens, _ = prompt_tokens(tokenizer, tokenizer.tokenize_with_weights(text))
     try:
         chosen, error = _subject_list(resolve_subjects(subjects, tokens)), None
     except SubjectError as problem:
         chosen, error = [], str(problem)
+    by_column = {t.column: t for t in tokens}
     return {
+        **answer,
         "tokens": [{"position": t.column, "text": t.text, "kind": t.kind} for t in tokens if t.kind != PAD],
         "words": [{"text": w.label, "positions": list(w.columns)} for w in words(tokens)
-                  if all(tokens[c].kind == PIECE for c in w.columns)],
+                  if all(by_column[c].kind == PIECE for c in w.columns)],
         "automatic": _subject_list(automatic_subjects(tokens)),
         "chosen": chosen,
         "error": error,
-        "encoder": encoder,
     }
 
 
@@ -74,7 +93,8 @@ async def tokenize_route(request: web.Request) -> web.Response:
             raise TypeError
     except (ValueError, KeyError, TypeError):
         return web.json_response({"error": 'send JSON like {"text": "a cat and a frog", "subjects": "cat", '
-                                           '"encoder": "clip"} (encoder: "clip" or "t5")'}, status=400)
+                                           '"encoder": "clip"} (encoder: ' + ", ".join(f'"{e}"' for e in ENCODERS)
+                                           + ")"}, status=400)
     return web.json_response(tokenize(text, subjects, encoder))
 
 

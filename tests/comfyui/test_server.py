@@ -10,7 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.run_example import EMPTY_LATENTS, EXAMPLE, example_prompt, mini_family, runs_here
+import tiny_families
+from harness.run_example import EMPTY_LATENTS, EXAMPLE, TINY_FAMILIES, example_prompt, mini_family, runs_here
 from harness.workflow import to_api
 
 NODE_IDS = ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
@@ -37,7 +38,7 @@ def test_examples_are_listed_as_templates_with_thumbnails(server):
     status, templates = server.request("/api/workflow_templates")
     assert status == 200
     names = sorted(os.path.splitext(os.path.basename(p))[0] for p in EXAMPLES)
-    assert sorted(templates["attend-and-excite"]) == names and len(names) == 9
+    assert sorted(templates["attend-and-excite"]) == names and len(names) == 13
     for path in EXAMPLES:
         assert os.path.getsize(path[:-len(".json")] + ".jpg") > 10_000, path
 
@@ -70,7 +71,9 @@ def test_example_workflow_converts_and_validates(server, object_info, path):
     else:
         users_checkpoint = {"sd15": "v1-5-pruned-emaonly.safetensors", "sdxl": "sd_xl_base_1.0.safetensors",
                             "sd3": "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors",
-                            "flux": "flux1-dev.safetensors"}
+                            "flux": "flux1-dev.safetensors", "zimage": "z_image_turbo_bf16.safetensors",
+                            "qwen_image": "qwen_image_fp8_e4m3fn.safetensors",
+                            "flux2": "flux2_dev_fp8mixed.safetensors", "chroma": "Chroma1-HD.safetensors"}
         assert status == 400 and users_checkpoint[mini_family(path)] in errors   # absent here
 
 
@@ -88,25 +91,32 @@ def test_out_of_range_numbers_are_stopped_at_queue_time(server, object_info, nam
 
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if runs_here(p)], ids=os.path.basename)
 def test_example_workflow_runs_end_to_end(server, object_info, mini_checkpoints, path):
+    """On the mini checkpoints, the demo model, or (the families behind an LLM text encoder, and Chroma) a
+    tiny random model of the family in the loaders' place."""
     _, checkpoints = mini_checkpoints
     family = mini_family(path)
+    if family in TINY_FAMILIES and tiny_families.missing(TINY_FAMILIES[family]):
+        pytest.skip(tiny_families.missing(TINY_FAMILIES[family]))
     # random weights never reach a threshold: cap refinement to keep the run short
     prompt = example_prompt(object_info, checkpoints.get(family), steps=6, size=128, path=path, max_refinement=2)
     batch = next(n["inputs"]["batch_size"] for n in prompt.values() if n["class_type"] in EMPTY_LATENTS)
     result = server.run_prompt(prompt)
     assert result["status"]["status_str"] == "success", result["status"]
+    logs = [json.loads(o["text"][0]) for o in result["outputs"].values() if "text" in o]
+    subjects = len(logs[0]["subjects"]) if logs else 2      # the prompts of the examples without a log: two
     for node_id, node in prompt.items():
         images = result["outputs"].get(node_id, {}).get("images", [])
         if node["class_type"] in ("SaveImage", "PreviewImage"):
-            assert len(images) == batch * (2 if per_subject(prompt, object_info, node_id) else 1), node
+            assert len(images) == batch * (subjects if per_subject(prompt, object_info, node_id) else 1), node
         if node["class_type"] in SHOWS_A_TILE_PER_SUBJECT:
-            assert len(images) == 2 * batch and {i["type"] for i in images} == {"temp"}, node   # two subjects
-    logs = [json.loads(o["text"][0]) for o in result["outputs"].values() if "text" in o]
+            assert len(images) == subjects * batch and {i["type"] for i in images} == {"temp"}, node
     assert len(logs) == sum(node["class_type"] == "PreviewAny" for node in prompt.values())
     for log in logs:
-        assert len(log["subjects"]) == 2 and [s["step"] for s in log["steps"]] == [0, 1, 2]
+        assert len(log["subjects"]) == subjects and [s["step"] for s in log["steps"]] == [0, 1, 2]
         assert all(s["refinement_iterations"][0] <= 2 for s in log["steps"])     # the cap applies
-        assert log["model"] == {"sd15": "SD1.x", "sdxl": "SDXL", "sd3": "SD3", "demo": "SD1.x demo (shapes)"}[family]
+        assert log["model"] == {"sd15": "SD1.x", "sdxl": "SDXL", "sd3": "SD3", "demo": "SD1.x demo (shapes)",
+                                "zimage": "Z-Image", "qwen_image": "Qwen-Image", "flux2": "Flux.2",
+                                "chroma": "Chroma"}[family]
 
 
 def per_subject(prompt: dict, object_info: dict, node_id: str) -> bool:
@@ -205,6 +215,23 @@ def test_tokenize_route_reads_t5_columns_for_flux(server):
     _, clip = server.request("/attend_excite/tokenize", {"text": "a cat and a hedgehog", "encoder": "clip"})
     assert clip["encoder"] == "clip" and clip["automatic"][0] == {"text": "cat", "positions": [2], "modifiers": []}
     assert clip["tokens"][0]["kind"] == "start"
+
+
+@pytest.mark.parametrize("encoder, first", [("qwen3", 3), ("qwen25_vl", 0)])
+def test_tokenize_route_lists_the_words_of_an_llm_prompt_in_the_columns_the_model_receives(server, encoder, first):
+    """Z-Image's Qwen3 keeps its chat template (3 columns before the prompt); Qwen-Image's encoder drops it."""
+    status, answer = server.request("/attend_excite/tokenize", {"text": "a red cat and a frog", "encoder": encoder})
+    assert status == 200 and answer["error"] is None
+    assert [(w["text"], w["positions"]) for w in answer["words"]] == [
+        (word, [first + n]) for n, word in enumerate("a red cat and a frog".split())]
+    assert answer["chosen"][0] == {"text": "cat", "positions": [first + 2],
+                                   "modifiers": [{"text": "red", "positions": [first + 1]}]}
+    assert all(t["kind"] == "template" for t in answer["tokens"] if t["position"] < first)
+
+
+def test_tokenize_route_says_what_to_do_where_the_tokenizer_is_in_the_model_file(server):
+    status, answer = server.request("/attend_excite/tokenize", {"text": "a cat and a frog", "encoder": "mistral"})
+    assert status == 200 and answer["words"] == [] and "write the subjects as words" in answer["error"]
 
 
 def test_tokenize_route_resolves_the_subjects_field_as_the_node_does(server):

@@ -108,16 +108,22 @@ def package_maps(base_model, family, x: torch.Tensor, forward) -> torch.Tensor:
     return recorder.take_average().double()
 
 
-def comfy_model(config_class: str, config: dict, state: dict, unused: tuple = ()):
-    """ComfyUI's model of the family with the converted weights; `unused`: its parameters that its forward
-    never reads (diffusers has no counterpart)."""
+def comfy_model(config_class: str, config: dict):
     import comfy.supported_models
     import support
-    model = getattr(comfy.supported_models, config_class)(support.for_this_comfyui(dict(config))).get_model({})
+    return getattr(comfy.supported_models, config_class)(support.for_this_comfyui(dict(config))).get_model({})
+
+
+def loaded(model, state: dict, unused: tuple = ()):
+    """ComfyUI's model with the converted weights; `unused`: its parameters that its forward never reads
+    (diffusers has no counterpart). A norm's "scale" is its "weight" where this ComfyUI names it so (0.33.0)."""
+    own = model.diffusion_model.state_dict()
+    state = {(key.rsplit(".", 1)[0] + ".weight" if key.endswith(".scale") and key not in own else key): value
+             for key, value in state.items()}
     missing, unexpected = model.diffusion_model.load_state_dict(state, strict=False)
     missing = [key for key in missing if key not in unused]
     if missing or unexpected:
-        raise RuntimeError(f"the converted weights do not fit ComfyUI's {config_class}: missing {missing}, "
+        raise RuntimeError(f"the converted weights do not fit ComfyUI's {type(model).__name__}: missing {missing}, "
                            f"unexpected {unexpected}")
     return model
 
@@ -131,7 +137,7 @@ def qwen_image():
                                                       joint_attention_dim=48, axes_dims_rope=(8, 12, 12)), 1)
     config = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=2,
                   attention_head_dim=32, num_attention_heads=2, joint_attention_dim=48, axes_dims_rope=(8, 12, 12))
-    model = comfy_model("QwenImage", config, reference.state_dict())     # ComfyUI's keys are diffusers'
+    model = loaded(comfy_model("QwenImage", config), reference.state_dict())     # ComfyUI's keys are diffusers'
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(LATENT["qwen-image"], generator=generator)
     context = torch.randn(1, TEXT, 48, generator=generator)
@@ -159,8 +165,8 @@ def z_image():
     # multiple_of 2: both make 2730 FFN channels at this width (at the real 3840 both make 10240)
     config = dict(image_model="lumina2", patch_size=2, multiple_of=2, ffn_dim_multiplier=8.0 / 3.0,
                   z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32, **shared)
-    model = comfy_model("ZImage", config, converted(reference.state_dict(), comfy.utils.z_image_to_diffusers(config)),
-                        unused=("norm_final.weight",))
+    model = loaded(comfy_model("ZImage", config),
+                   converted(reference.state_dict(), comfy.utils.z_image_to_diffusers(config)), ("norm_final.weight",))
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(LATENT["z-image"], generator=generator)
     context = torch.randn(1, TEXT, 48, generator=generator)
@@ -210,7 +216,7 @@ def chroma():
     for part in ("in_proj", "out_proj"):
         for end in ("weight", "bias"):
             key_map[f"distilled_guidance_layer.{part}.{end}"] = f"distilled_guidance_layer.{part}.{end}"
-    model = comfy_model("Chroma", config, converted(reference.state_dict(), key_map))
+    model = loaded(comfy_model("Chroma", config), converted(reference.state_dict(), key_map))
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(LATENT["chroma"], generator=generator)
     context = torch.randn(1, TEXT, 48, generator=generator)
@@ -252,7 +258,7 @@ def flux2():
     key_map.update({f"time_guidance_embed.{theirs}_embedder.linear_{n}.weight": f"{ours}_in.{layer}_layer.weight"
                     for theirs, ours in (("timestep", "time"), ("guidance", "guidance"))
                     for n, layer in ((1, "in"), (2, "out"))})
-    model = comfy_model("Flux2", config, converted(reference.state_dict(), key_map))
+    model = loaded(comfy_model("Flux2", config), converted(reference.state_dict(), key_map))
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(LATENT["flux.2"], generator=generator)
     context = torch.randn(1, TEXT, 48, generator=generator)

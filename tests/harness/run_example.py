@@ -33,26 +33,55 @@ def link_checkpoint(base: str, checkpoint: str) -> str:
     return name
 
 
-EMPTY_LATENTS = ("EmptyLatentImage", "EmptySD3LatentImage")
+EMPTY_LATENTS = ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyFlux2LatentImage")
+
+
+# Templates of the families without a mini checkpoint (their text encoders are too large to make
+# here): the test server runs them on a tiny random model of the family (tests/tiny_families.py)
+# through its test-only loader, which takes the template's loaders' place.
+TINY_FAMILIES = {"zimage": "z-image", "qwen_image": "qwen-image", "flux2": "flux.2", "chroma": "chroma"}
+LOADERS = {"UNETLoader": "MODEL", "CLIPLoader": "CLIP", "VAELoader": "VAE"}
+TINY_LOADER = "AttendExciteTestTinyFamily"
 
 
 def mini_family(example: str) -> str:
     """Which generated checkpoint (harness.checkpoint.MINI) runs an example; "demo": the
-    package's own demo model, no checkpoint."""
-    name = os.path.basename(example)
+    package's own demo model, no checkpoint; a tiny family's name: its tiny random model."""
+    name = os.path.basename(os.fspath(example)).removesuffix(".json")
+    family = name.removeprefix("attend_and_excite_")
+    if family in TINY_FAMILIES:
+        return family
     return next((family for family in ("demo", "sdxl", "sd3", "flux") if family in name), "sd15")
 
 
 def runs_here(example: str) -> bool:
-    """Whether the tests can run an example: Flux's text encoder (T5-XXL) and width are too large
-    for a mini checkpoint on these machines, so the Flux example is validated and shown, not run."""
+    """Whether the tests can run an example: Flux.1's text encoder (T5-XXL) and width are too large
+    for a mini checkpoint on these machines, so the Flux.1 example is validated and shown, not run."""
     return mini_family(example) != "flux"
+
+
+def tiny_loader_swapped(prompt: dict, family: str) -> dict:
+    """The API prompt with its loaders replaced by the test-only loader of the family's tiny model."""
+    loaders = {node_id for node_id, node in prompt.items() if node["class_type"] in LOADERS}
+    if not loaders:
+        return prompt
+    swapped = {node_id: node for node_id, node in prompt.items() if node_id not in loaders}
+    tiny = "tiny"
+    swapped[tiny] = {"class_type": TINY_LOADER, "inputs": {"family": TINY_FAMILIES[family]}}
+    slots = {name: slot for slot, name in enumerate(LOADERS.values())}
+    for node in swapped.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and value[0] in loaders:
+                node["inputs"][name] = [tiny, slots[LOADERS[prompt[value[0]]["class_type"]]]]
+    return swapped
 
 
 def example_prompt(object_info: dict, checkpoint: str, steps: int | None, size: int | None,
                    path: str = EXAMPLE, max_refinement: int | None = None) -> dict:
     with open(path) as f:
         prompt = to_api(json.load(f), object_info)
+    if mini_family(path) in TINY_FAMILIES:
+        prompt = tiny_loader_swapped(prompt, mini_family(path))
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] == "CheckpointLoaderSimple":

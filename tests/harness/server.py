@@ -12,6 +12,7 @@ import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGE_FOLDER = "attend-and-excite"
+TEST_NODES = "tiny_family_nodes"
 
 
 def free_port() -> int:
@@ -82,12 +83,14 @@ class Server:
 @contextlib.contextmanager
 def running_server(base_dir: str, comfy_dir: str, startup_timeout: float = 180):
     """ComfyUI's main.py on 127.0.0.1 with --base-directory base_dir, on the CPU, with
-    API nodes off so that nothing calls outside this machine."""
+    API nodes off so that nothing calls outside this machine; this package in its custom_nodes,
+    and the tests' own loader of tiny family models (tiny_family_nodes)."""
     custom_nodes = os.path.join(base_dir, "custom_nodes")
     os.makedirs(custom_nodes, exist_ok=True)
-    link = os.path.join(custom_nodes, PACKAGE_FOLDER)
-    if not os.path.exists(link):
-        os.symlink(REPO, link)
+    for folder, source in ((PACKAGE_FOLDER, REPO), (TEST_NODES, os.path.join(os.path.dirname(__file__), TEST_NODES))):
+        link = os.path.join(custom_nodes, folder)
+        if not os.path.exists(link):
+            os.symlink(source, link)
     port = free_port()
     log_path = os.path.join(base_dir, "server.log")
     command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
