@@ -206,10 +206,11 @@ class GuidancePass:
     def _choose_memory(self, x: torch.Tensor):
         on_cpu = x.device.type == "cpu"
         dtype = getattr(self.base_model, "manual_cast_dtype", None) or self.base_model.get_dtype() or x.dtype
+        billions = sum(p.numel() for p in self.base_model.diffusion_model.parameters()) / 1e9    # the variant's size
         mode, why = choose_pass(self.requested_memory, on_cpu,
                                 0 if on_cpu else comfy.model_management.get_free_memory(x.device),
                                 fast_pass_bytes(self.family, x.shape[0], x.shape[-2] * x.shape[-1], dtype.itemsize,
-                                                sum(p.numel() for p in self.base_model.diffusion_model.parameters()) / 1e9),
+                                                billions),
                                 comfy.model_management.minimum_inference_memory())
         self.lean = mode == "lean"
         self.memory = f"{mode} (auto: {why})" if why else mode

@@ -79,7 +79,7 @@ def _check_loss(settings: Settings, modifiers: list):
     if not loss.refines and settings.thresholds:
         logging.warning("Attend-and-Excite: the %s loss never refines to a threshold (as its paper); the thresholds "
                         "are not used (set them to auto or leave them empty)", settings.loss)
-    if settings.loss == "divide_and_bind" and not any(modifiers):
+    if loss.reads_modifier_maps and not any(modifiers):
         logging.info("Attend-and-Excite: no subject has a modifier, so divide_and_bind runs its attendance term alone")
 
 
@@ -124,7 +124,8 @@ class GuidedRun:
                                      settings.kernel_size, settings.smoothing_sigma, settings.loss, modifiers,
                                      info.get("prompt_columns", []), settings.guidance_memory, family.name)
         self.loss, self.schedule_steps = settings.loss, settings.schedule_steps
-        self.binds = loss_named(settings.loss).binding_schedule
+        loss = loss_named(settings.loss)
+        self.unmet, self.binds = loss.unmet, loss.binding_schedule
         self.sigmas = sigmas.tolist()
         # Samplers that work in log-SNR start a flow model just under sigma 1 (ComfyUI's
         # offset_first_sigma_for_snr): step 0 is found at either sigma.
@@ -191,7 +192,7 @@ class GuidedRun:
                                     s.step_size(step, sigma_value),
                                     alter=step < s.steps_to_alter, threshold=s.thresholds.get(step),
                                     max_refinement=s.max_refinement, on_iteration=on_iteration,
-                                    unmet=loss_named(self.loss).unmet)
+                                    unmet=self.unmet)
                 self.guidance.end_step()
         except torch.OutOfMemoryError:
             out_of_memory = True     # raised below, once this error's frames (and the graph) are released

@@ -26,9 +26,9 @@ def encoder_tokenizer(tokenizer, tokenized: dict):
 
 
 def prompt_tokens(tokenizer, tokenized: dict, context_length: int | None = None):
-    """(tokens, end columns): the prompt's tokens laid out as the text encoder's output columns.
-    context_length: that output's length, where known (an LLM encoder may drop the template's head:
-    the difference is what it dropped); else the encoder's rule."""
+    """(tokens, end columns): the prompt's tokens laid out as the text encoder's output columns (an LLM's
+    behind a chat template has no end columns). context_length: that output's length, where known (an LLM
+    encoder may drop the template's head: the difference is what it dropped); else the encoder's rule."""
     key, chunks, encoder = encoder_tokenizer(tokenizer, tokenized)
     if key not in TEMPLATED:
         return layout(chunks, encoder.inv_vocab, encoder.start_token, encoder.end_token)
@@ -49,6 +49,7 @@ def subject_info(tokenizer, tokenized: dict, subjects: str, context_length: int 
     column (for the models that drop from it on) and the context's length (for the models that pad
     it on the left)."""
     tokens, end_columns = prompt_tokens(tokenizer, tokenized, context_length)
+    templated = encoder_tokenizer(tokenizer, tokenized)[0] in TEMPLATED
     chosen = resolve_subjects(subjects, tokens)
     logging.info("Attend-and-Excite subjects%s: %s", "" if subjects.strip() else " (automatic)",
                  ", ".join(f"{s.described()} {list(s.columns)}" for s in chosen))
@@ -57,7 +58,7 @@ def subject_info(tokenizer, tokenized: dict, subjects: str, context_length: int 
             "modifier_labels": [[m.label for m in s.modifiers] for s in chosen],
             "prompt_columns": [t.column for t in tokens if t.kind in (PIECE, EMBEDDING)],
             "end_columns": end_columns,
-            **({"context_length": len(tokens)} if encoder_tokenizer(tokenizer, tokenized)[0] in TEMPLATED else {})}
+            **({"context_length": len(tokens)} if templated else {})}
 
 
 def encode_with_subjects(clip, text: str, subjects: str):

@@ -12,13 +12,14 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 import support
 
+import tiny_families
 from harness.browser import browser_page
-from harness.run_example import mini_family, runs_here
+from harness.run_example import LOADERS as FAMILY_LOADERS, TINY_FAMILIES, TINY_LOADER, mini_family, runs_here
 from harness.workflow import to_api
 
 REPO = pathlib.Path(support.REPO)
 EXAMPLES = sorted((REPO / "example_workflows").glob("*.json"))
-LOADERS = {"CheckpointLoaderSimple", "UNETLoader", "DualCLIPLoader", "VAELoader"}
+LOADERS = {"CheckpointLoaderSimple", "UNETLoader", "DualCLIPLoader", "CLIPLoader", "VAELoader"}
 OUT = os.path.join(os.environ.get("AE_TEST_OUTPUT", REPO / "out" / "tests"), "browser")
 APP = "(window.comfyAPI?.app?.app ?? window.app)"
 OUR_SCRIPT = "/extensions/attend-and-excite/"
@@ -306,13 +307,46 @@ PREVIEWS["attend_and_excite_demo.json"] = ("AttendExciteKSampler", {     # four 
 PREVIEWS["attention_boost_demo.json"] = (None, {"SaveImage": 4})       # a patch: the stock KSampler shows no heatmaps
 PREVIEWS["attend_and_excite_demo_masks.json"] = ("AttendExciteKSampler", {   # one image, two subjects: two masks
     "AttendExciteKSampler": 2, "PreviewImage": 2, "SaveImage": 1})
+# The families' templates on their tiny models: three subjects (Chroma's two), one image.
+for _name in ("zimage", "qwen_image"):
+    PREVIEWS[f"attend_and_excite_{_name}.json"] = ("AttendExciteKSampler", {
+        "AttendExciteKSampler": 3, "AttendExciteHeatmapOverlay": 3, "PreviewImage": 1, "SaveImage": 1})
+PREVIEWS["attend_and_excite_chroma.json"] = PREVIEWS["attend_and_excite_sd15.json"]
+PREVIEWS["attend_and_excite_flux2.json"] = ("AttendExciteHeatmaps", {
+    "AttendExciteHeatmaps": 3, "AttendExciteHeatmapOverlay": 3, "SaveImage": 1})
+
+
+def swap_in_the_tiny_model(page, family: str):
+    """The template's loaders replaced, on the canvas, by the tests' loader of the family's tiny random
+    model (its title says so, in the screenshots and thumbnails), wired where the loaders were."""
+    page.page.evaluate(f"""([family, loaders, tiny, slots]) => {{ const graph = {APP}.graph;
+        const found = graph._nodes.filter(n => loaders.includes(n.type));
+        const node = window.LiteGraph.createNode(tiny);
+        node.pos = [...found[0].pos];
+        graph.add(node);
+        node.widgets.find(w => w.name === "family").value = family;
+        node.widgets.find(w => w.name === "type").value =
+            found.find(n => n.type === "CLIPLoader").widgets.find(w => w.name === "type").value;
+        for (const loader of found) for (const output of loader.outputs ?? [])
+            for (const id of [...(output.links ?? [])]) {{ const link = graph.links[id] ?? graph.links.get?.(id);
+                node.connect(slots[output.type], graph.getNodeById(link.target_id), link.target_slot); }}
+        for (const loader of found) graph.remove(loader);
+        for (const n of graph._nodes) n.aeRefreshTokens?.();     // the picker reads the new loader's type
+        {APP}.canvas.setDirty(true, true); }}""",
+        [family, list(FAMILY_LOADERS), TINY_LOADER, {"MODEL": 0, "CLIP": 1, "VAE": 2}])
 
 
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if runs_here(p)], ids=lambda p: p.name)
 def test_queueing_the_example_shows_the_heatmaps_on_the_node(ui, server, mini_checkpoints, path):
-    checkpoint = mini_checkpoints[1].get(mini_family(path))
+    family = mini_family(path)
+    if family in TINY_FAMILIES and tiny_families.missing(TINY_FAMILIES[family]):
+        pytest.skip(tiny_families.missing(TINY_FAMILIES[family]))
+    checkpoint = mini_checkpoints[1].get(family)
     shows_heatmaps, image_counts = PREVIEWS[path.name]
     drop_workflow(ui, path)
+    if family in TINY_FAMILIES:
+        swap_in_the_tiny_model(ui, TINY_FAMILIES[family])
+        checkpoint = ""      # the short-run settings below apply
     # random-weight checkpoints: short runs; the demo model runs the workflow as it is (its thumbnail shows it)
     ui.page.evaluate(f"""(checkpoint) => {{ if (checkpoint !== null)
       for (const node of {APP}.graph._nodes) for (const w of node.widgets ?? []) {{

@@ -53,9 +53,14 @@ GPU_CONFIGS = {
 MEMORY_CONFIGS = ["plain KSampler", "A&E, no refinement", "A&E, no refinement, lean", "A&E, default thresholds",
                   "A&E, default thresholds, lean", "A&E, forced 3 x 20 refinement",
                   "A&E, forced 3 x 20 refinement, lean"]
-SHAPE_CONFIGS = {"sd15": list(CONFIGS) + list(GPU_CONFIGS),
-                 "sdxl": MEMORY_CONFIGS,
-                 "flux": ["plain KSampler", "A&E, no refinement", "A&E, default thresholds"]}
+FAMILY_CONFIGS = ["plain KSampler", "A&E, no refinement", "A&E, default thresholds"]
+SHAPE_CONFIGS = {"sd15": list(CONFIGS) + list(GPU_CONFIGS), "sdxl": MEMORY_CONFIGS, "flux": FAMILY_CONFIGS,
+                 "zimage": FAMILY_CONFIGS, "qwen_image": FAMILY_CONFIGS, "flux2": FAMILY_CONFIGS,
+                 "chroma": FAMILY_CONFIGS}
+# The families behind an LLM text encoder: 77 random context columns, "cat" and "frog" at 2 and 5, the
+# prompt's words at 1-6 (what 'CLIP Text Encode (Attend-and-Excite)' attaches).
+PROMPT_SUBJECTS = {"attend_excite": {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [],
+                                     "prompt_columns": [1, 2, 3, 4, 5, 6], "context_length": 77}}
 CPU_SKIPS = {"sdxl": {"A&E, forced 3 x 20 refinement", "A&E, forced 3 x 20 refinement, lean"}}   # minutes each
 SEED, CFG, SAMPLER = 1, 7.5, "euler"
 LOG_OUTPUT = 4      # the Attend-and-Excite KSampler's outputs: latent, heatmaps, peak plot, attention, log
@@ -77,6 +82,31 @@ def shape(name: str, cuda: bool) -> dict:
                     theta=10000, qkv_bias=True, guidance_embed=True, patch_size=2)
         return dict(family="Flux", unet=unet, width=256, context=256, size=256, steps=20, dtype=torch.float32,
                     extra={"pooled_output": torch.randn(1, 768), "guidance": 3.5}, latent_channels=16, cfg=1.0)
+    small_families = {   # small models of the newer families, 256 px, 20 steps, fp32, each at its usual cfg
+        "zimage": dict(family="ZImage", unet=dict(
+            image_model="lumina2", patch_size=2, in_channels=16, dim=256, n_layers=6, n_refiner_layers=1, n_heads=2,
+            n_kv_heads=2, multiple_of=256, ffn_dim_multiplier=8.0 / 3.0, norm_eps=1e-5, qk_norm=True,
+            cap_feat_dim=256, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512], rope_theta=256.0,
+            z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32), context=256, extra={}, cfg=1.0),
+        "qwen_image": dict(family="QwenImage", unet=dict(
+            image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=4,
+            attention_head_dim=64, num_attention_heads=4, joint_attention_dim=256, axes_dims_rope=(16, 24, 24)),
+            context=256, extra={}, cfg=2.5),
+        "flux2": dict(family="Flux2", unet=dict(
+            image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=768,
+            hidden_size=256, mlp_ratio=3.0, num_heads=2, depth=2, depth_single_blocks=4, axes_dim=[32, 32, 32, 32],
+            theta=2000, patch_size=1, qkv_bias=False, guidance_embed=True, global_modulation=True,
+            mlp_silu_act=True, ops_bias=False, default_ref_method="index", ref_index_scale=10.0),
+            context=768, extra={"pooled_output": None, "guidance": 4.0}, cfg=1.0, latent_channels=128, cell=16),
+        "chroma": dict(family="Chroma", unet=dict(
+            image_model="chroma", in_channels=64, out_channels=64, context_in_dim=256, hidden_size=256,
+            mlp_ratio=4.0, num_heads=4, depth=4, depth_single_blocks=8, axes_dim=[16, 24, 24], theta=10000,
+            patch_size=2, qkv_bias=True, in_dim=64, out_dim=256, hidden_dim=256, n_layers=2), context=256,
+            extra={"pooled_output": None}, cfg=4.0),
+    }
+    if name in small_families:
+        return dict(dict(latent_channels=16, cell=8), width=256, size=256, steps=20, dtype=torch.float32,
+                    subjects=PROMPT_SUBJECTS if name != "chroma" else None, **small_families[name])
     if name == "sdxl" and cuda:
         return dict(unet_shape, family="SDXL", unet=dict(SDXL_TOPOLOGY, model_channels=320, dtype=torch.float16),
                     width=320, context=2048, size=1024, steps=50, dtype=torch.float16,
@@ -170,13 +200,17 @@ def run_configs(names: list[str], shape_name: str) -> dict:
     with torch.inference_mode():      # as ComfyUI's loader: the weights are inference tensors
         base = support.tiny_model(seed=0, config=setup["unet"], family=setup["family"])
     positive, negative = support.conditionings(setup["context"], **setup["extra"])
+    if setup.get("subjects"):
+        positive = support.random_conditioning(1, setup["context"], **setup["extra"], **setup["subjects"])
     # the binding losses read modifiers: "a red cat and a green frog"
     paired = support.random_conditioning(1, setup["context"], **setup["extra"], **support.PAIRED_SUBJECTS)
     results = {}
     for name in names:
         how, changes = {**CONFIGS, **GPU_CONFIGS}[name]
         batch = 4 if name.endswith("batch 4") else 1
-        latent = {"samples": torch.zeros(batch, setup["latent_channels"], setup["size"] // 8, setup["size"] // 8)}
+        side = setup["size"] // setup.get("cell", 8)
+        frames = [1] if setup["family"] == "QwenImage" else []        # Qwen-Image's latent has a frame axis
+        latent = {"samples": torch.zeros(batch, setup["latent_channels"], *frames, side, side)}
         model = AttendExciteAttentionBoost.execute(base, **{**boost_inputs(), **changes}).result[0] \
             if how == "boost" else base
         if name.endswith("eager pass"):
@@ -315,7 +349,7 @@ def main():
     parser.add_argument("--config", action="append", choices=list(CONFIGS) + list(GPU_CONFIGS),
                         help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=list(SHAPE_CONFIGS),
-                        help="one shape only (default: sd15 and flux, and sdxl on a GPU)")
+                        help="one shape only (default: every one)")
     parser.add_argument("--out", default=os.path.join(REPO, "out", "benchmark"))
     parser.add_argument("--reference", default=os.environ.get("AE_REFERENCE_SCRIPT"),
                         help="a script that measures the diffusers reference (it prints its table); run on a GPU "
@@ -326,7 +360,7 @@ def main():
         return
     import torch
     cuda = torch.cuda.is_available()
-    shapes = [args.shape] if args.shape else ["sd15", "sdxl", "flux"]
+    shapes = [args.shape] if args.shape else list(SHAPE_CONFIGS)
     results = {}
     for shape_name in shapes:
         names = SHAPE_CONFIGS[shape_name] if cuda else \

@@ -67,7 +67,8 @@ def tiny_loader_swapped(prompt: dict, family: str) -> dict:
         return prompt
     swapped = {node_id: node for node_id, node in prompt.items() if node_id not in loaders}
     tiny = "tiny"
-    swapped[tiny] = {"class_type": TINY_LOADER, "inputs": {"family": TINY_FAMILIES[family]}}
+    clip_type = next(node["inputs"]["type"] for node in prompt.values() if node["class_type"] == "CLIPLoader")
+    swapped[tiny] = {"class_type": TINY_LOADER, "inputs": {"family": TINY_FAMILIES[family], "type": clip_type}}
     slots = {name: slot for slot, name in enumerate(LOADERS.values())}
     for node in swapped.values():
         for name, value in node["inputs"].items():

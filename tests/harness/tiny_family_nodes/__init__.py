@@ -41,10 +41,12 @@ class TinyFamily:
 
     @classmethod
     def INPUT_TYPES(cls):
+        """family; type: the CLIPLoader type this node stands in for, which the token picker reads."""
         import tiny_families
-        return {"required": {"family": ([n for n in tiny_families.FAMILIES if not tiny_families.missing(n)],)}}
+        return {"required": {"family": ([n for n in tiny_families.FAMILIES if not tiny_families.missing(n)],),
+                             "type": (["lumina2", "qwen_image", "flux2", "chroma"],)}}
 
-    def load(self, family):
+    def load(self, family, type):
         import tiny_families
         with torch.inference_mode(False):
             clip = tiny_families.tiny_clip(family)
