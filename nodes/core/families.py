@@ -77,6 +77,10 @@ FLUX = Family("Flux.1", ("Flux",), ("Flux",), maps=JOINT_BLOCKS, blocks="double_
 # The package's demo model (demo/model.py): 128 px pictures, so its maps are read at the
 # latent's own 16 x 16, where each shape covers several cells (latent/4 would give 4 x 4).
 DEMO = Family("SD1.x demo (shapes)", ("AttendExciteShapesDemo",), ("SD15",), map_level=0, drop_from_end=False)
+# The joint-attention demo (demo/model.py): ComfyUI's Flux at a tiny width behind the same CLIP and autoencoder.
+DEMO_JOINT = Family("Flux.1 demo (shapes)", ("AttendExciteJointShapesDemo",), ("SD15",), maps=JOINT_BLOCKS,
+                    blocks="double_blocks", drop_from_end=False, flow=True)
+DEMOS = (DEMO, DEMO_JOINT)
 
 # Single-stream layers (30 at full size): the first third is recorded, the share of Flux.1's blocks that
 # its maps come from (19 double-stream blocks of 57), so that the pass stops as early.
@@ -92,7 +96,7 @@ CHROMA = Family("Chroma", ("Chroma",), ("Flux",), maps=JOINT_BLOCKS, blocks="dou
                 fast_pass=((8.9, 10.851, 128 * 128),))
 
 # Every family: detection matches a model's own config class first, then its bases'.
-FAMILIES = (DEMO, SD1, SD2, SDXL, SD3, FLUX, ZIMAGE, QWEN_IMAGE, FLUX2, CHROMA)
+FAMILIES = (*DEMOS, SD1, SD2, SDXL, SD3, FLUX, ZIMAGE, QWEN_IMAGE, FLUX2, CHROMA)
 
 # ComfyUI config classes that subclass a supported one but are not text-to-image models.
 NOT_TEXT_TO_IMAGE = {"SD_X4Upscaler", "LotusD"}
@@ -107,6 +111,6 @@ def family_of(config_classes: list[str], latent_format: str) -> Family:
         found = next((f for f in FAMILIES if name in f.configs and latent_format in f.latent_formats), None)
         if found is not None:
             return found
-    supported = ", ".join(f.name for f in FAMILIES if f is not DEMO)
+    supported = ", ".join(f.name for f in FAMILIES if f not in DEMOS)
     raise ValueError(f"Attend-and-Excite supports {supported} models; this model is {config_classes[0]}, "
                      f"which is not supported")

@@ -1,11 +1,14 @@
-"""The demo model: a small SD1-style text-to-image model (UNet from ComfyUI's SD15 config,
-an SD1 CLIP text model with ComfyUI's bundled tokenizer, a KL autoencoder), trained by
-tests/harness/train_demo.py on pictures of shapes captioned with their kinds (shapes.py)."""
+"""The demo models: small text-to-image models trained by tests/harness/train_demo.py on pictures of
+shapes captioned with their kinds (shapes.py), each an SD1 CLIP text model with ComfyUI's bundled
+tokenizer and a KL autoencoder around a diffusion model: a UNet from ComfyUI's SD15 config
+(cross-attention), or, the joint-attention demo, ComfyUI's own Flux class at a tiny width (image and
+text tokens in one softmax, as SD3, Flux, Qwen-Image and Z-Image attend)."""
 import json
 import os
 
 import torch
 
+import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
@@ -28,6 +31,16 @@ TEXT = dict(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hi
 VAE = dict(double_z=True, z_channels=4, resolution=128, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2, 2, 2],
            num_res_blocks=1, attn_resolutions=[], dropout=0.0)
 
+# The joint-attention demo: Flux's double- and single-stream blocks at width 128 on the autoencoder's
+# 16 x 16 latent in 2 x 2 patches (64 image tokens beside CLIP's 77: 8 x 8 maps, a cell 16 pixels; one
+# token a latent cell costs a step 2.5 times as much on a CPU); no guidance embedding; the pooled caption
+# vector as Flux's `y`.
+JOINT = dict(image_model="flux", in_channels=4, out_channels=4, vec_in_dim=64, context_in_dim=64, hidden_size=128,
+             mlp_ratio=4.0, num_heads=4, depth=4, depth_single_blocks=2, axes_dim=[8, 12, 12], theta=10000,
+             qkv_bias=True, guidance_embed=False, patch_size=2)
+JOINT_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attend_excite_shapes_joint.safetensors")
+ARCHITECTURES = ("unet", "joint")
+
 UNET_PREFIX, TEXT_PREFIX, VAE_PREFIX = "model.diffusion_model.", "cond_stage_model.", "first_stage_model."
 # The text model's token table is shipped as the rows the vocabulary uses: the others are zero.
 TOKEN_TABLE = "clip_l.transformer.text_model.embeddings.token_embedding.weight"
@@ -45,8 +58,20 @@ class AttendExciteShapesDemo(comfy.supported_models.SD15):
         return comfy.model_base.ModelType.V_PREDICTION
 
 
+class AttendExciteJointShapesDemo(comfy.supported_models.Flux):
+    """The joint-attention demo's config: ComfyUI's Flux (flow matching, its model sampling) on the
+    SD1 autoencoder's 4-channel latent; its own name tells the sampler its family."""
+    latent_format = comfy.latent_formats.SD15
+
+
 def build_unet(dtype=torch.float32, unet=UNET):
     config = AttendExciteShapesDemo(dict(unet))
+    config.set_inference_dtype(dtype, None)
+    return config.get_model({})
+
+
+def build_joint(dtype=torch.float32, joint=JOINT):
+    config = AttendExciteJointShapesDemo(dict(joint))
     config.set_inference_dtype(dtype, None)
     return config.get_model({})
 
@@ -93,17 +118,21 @@ def vocabulary(path: str = WEIGHTS) -> tuple:
 
 
 def load(path: str = WEIGHTS):
-    """(MODEL, CLIP, VAE) as ComfyUI's checkpoint loader returns them."""
+    """(MODEL, CLIP, VAE) as ComfyUI's checkpoint loader returns them; the file's metadata says which
+    architecture it holds."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"the demo model's weights are missing ({path}, about 6 MB): update or reinstall "
                                 f"the pack (ComfyUI-Manager: Try update or Try fix; a git clone: git pull), "
                                 f"which puts the file back in that folder")
     state, metadata = comfy.utils.load_torch_file(path, return_metadata=True)
-    unet_config = json.loads((metadata or {}).get("unet", "null")) or UNET
-    vae_config = json.loads((metadata or {}).get("vae", "null")) or VAE
+    metadata = metadata or {}
+    vae_config = json.loads(metadata.get("vae", "null")) or VAE
     load_device = comfy.model_management.get_torch_device()
     unet_dtype = comfy.model_management.unet_dtype(model_params=0, supported_dtypes=[torch.float16, torch.float32])
-    model = build_unet(unet_dtype, unet_config)
+    if metadata.get("architecture") == "joint":
+        model = build_joint(unet_dtype, json.loads(metadata["joint"]))
+    else:
+        model = build_unet(unet_dtype, json.loads(metadata.get("unet", "null")) or UNET)
     model.diffusion_model.load_state_dict(unpack(state, UNET_PREFIX))
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device,
                                                offload_device=comfy.model_management.unet_offload_device())

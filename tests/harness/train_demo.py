@@ -1,10 +1,15 @@
-"""Trains the demo model (nodes/demo/model.py) on pictures of shapes captioned with their kinds.
+"""Trains a demo model (nodes/demo/model.py) on pictures of shapes captioned with their kinds.
 
-    python tests/harness/train_demo.py [--work DIR] [--device cpu|cuda] [--out FILE] [--snapshot-every N]
+    python tests/harness/train_demo.py [--architecture unet|joint] [--vae-from FILE] [--work DIR]
+        [--device cpu|cuda] [--out FILE] [--snapshot-every N]
 
 Three stages, each resumable from the files it keeps in --work: the autoencoder, its
-decoder alone, then the UNet and the text model together. Every batch is drawn from
+decoder alone, then the diffusion model and the text model together. Every batch is drawn from
 --seed and its step number, so a resumed run trains on what an uninterrupted one would have.
+With --vae-from, the autoencoder is another demo model's (the same shapes world, its latent
+space): only the diffusion stage runs. --architecture joint trains ComfyUI's Flux at a tiny width
+(flow matching; the kind words grounded in every double-stream block's joint attention) instead of
+the UNet (v-prediction; grounded in every cross-attention layer).
 With --snapshot-every, the diffusion stage also writes the averaged weights every N steps
 to --work/snapshots/ (for tests/harness/screen.py's learning curves).
 """
@@ -34,13 +39,16 @@ INITIAL_LOGVAR = -8.0
 
 def reset(module: torch.nn.Module, seed: int):
     """ComfyUI's layers skip their initialisation (weights are loaded): give each the
-    one of its torch.nn class, from `seed`."""
+    one of its torch.nn class, from `seed`; a layer of ComfyUI's own (Flux's RMSNorm) has
+    its scale at 1."""
     torch.manual_seed(seed)
     for m in module.modules():
         cls = next((c for c in type(m).__mro__ if c.__module__.startswith("torch.nn.modules")
                     and "reset_parameters" in c.__dict__), None)
         if cls is not None:
             cls.reset_parameters(m)
+        elif "scale" in m._parameters:
+            torch.nn.init.ones_(m.scale)
         if isinstance(m, torch.nn.Embedding):
             torch.nn.init.normal_(m.weight, std=0.02)
 
@@ -218,6 +226,32 @@ def encode_dataset(vae, args, device):
     return data
 
 
+class JointCapture:
+    """dit replace patches for every double-stream block of the joint demo: each block's image queries'
+    probabilities over the text keys (softmax over the joint sequence, with their gradients) kept as
+    their mean over heads, beside the block's own attention."""
+
+    def __init__(self, diffusion_model):
+        from attend_and_excite.nodes.glue.joint import joint_blocks
+        self.transformer_options = {"patches_replace": {"dit": {
+            block.key: self.block for block in joint_blocks(diffusion_model)}}}
+        self.maps = []
+
+    def block(self, args, extra):
+        from attend_and_excite.nodes.core.maps import joint_text_probabilities
+        text = args["txt"].shape[1]
+
+        def override(func, q, k, v, heads, **kwargs):
+            self.maps.append(joint_text_probabilities(q, k, text).mean(dim=1))
+            return func(q, k, v, heads, **kwargs)
+        options = {**args["transformer_options"], "optimized_attention_override": override}
+        return extra["original_block"]({**args, "transformer_options": options})
+
+    def take(self) -> list[torch.Tensor]:
+        maps, self.maps = self.maps, []
+        return maps
+
+
 class AttentionCapture:
     """attn2 replace patches for every cross-attention layer: the attention computed
     explicitly (with its gradients), its probabilities kept as their mean over heads."""
@@ -262,10 +296,12 @@ def grounding_term(maps: list[torch.Tensor], masks: torch.Tensor, captioned: tor
     return torch.stack(terms).mean()
 
 
-def encode(clip, texts: list[str]) -> torch.Tensor:
-    """(len(texts), 77, width): what CLIP Text Encode gives for each one-chunk prompt, with gradients."""
+def encode(clip, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """((len(texts), 77, width), (len(texts), width)): what CLIP Text Encode gives for each one-chunk
+    prompt, and its pooled vector, with gradients."""
     chunks = [[token for token, _ in clip.tokenize(t)["l"][0]] for t in texts]
-    return clip.cond_stage_model.clip_l.encode(chunks)[0]
+    out = clip.cond_stage_model.clip_l.encode(chunks)
+    return out[0], out[1]
 
 
 def v_loss(denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -275,9 +311,19 @@ def v_loss(denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> tor
     return (weight * (denoised - x0).pow(2).mean(dim=(1, 2, 3))).mean()
 
 
+def flow_loss(denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Rectified flow's velocity loss, from the denoised latent ComfyUI's flow sampling gives
+    (x = (1 - sigma) x0 + sigma noise, velocity noise - x0): the error in the velocity is the error in
+    x0 over sigma."""
+    return (((denoised - x0) / sigma.view(-1, 1, 1, 1)) ** 2).mean()
+
+
 def train_diffusion(args, device, data, on_snapshot=None):
     from attend_and_excite.nodes.demo import model as demo_model
-    unet = demo_model.build_unet(unet=unet_config(args)).to(device)
+    from attend_and_excite.nodes.glue.recompute import copy_activation
+    joint = args.architecture == "joint"
+    unet = (demo_model.build_joint(joint=joint_config(args)) if joint else
+            demo_model.build_unet(unet=unet_config(args))).to(device)
     reset(unet.diffusion_model, args.seed + 2)
     clip = demo_model.build_clip()
     text = clip.cond_stage_model.to(device)
@@ -286,7 +332,7 @@ def train_diffusion(args, device, data, on_snapshot=None):
     stage = Stage(os.path.join(args.work, "diffusion.pt"), parameters, args.lr, args.steps, 0.999)
     latents = unet.process_latent_in(data["latents"]).to(device)
     captions, masks = data["captions"], data["masks"].to(device)
-    capture = AttentionCapture(unet.diffusion_model)
+    capture = (JointCapture if joint else AttentionCapture)(unet.diffusion_model)
     sigmas = unet.model_sampling.sigmas.to(device)
     started = time.time()
     while stage.step < stage.steps:
@@ -296,12 +342,20 @@ def train_diffusion(args, device, data, on_snapshot=None):
         texts = ["" if drop else captions[i] for i, drop in zip(rows.tolist(), dropped.tolist())]
         x0 = latents[rows.to(device)]
         noise = torch.randn(x0.shape, generator=generator).to(device)
-        sigma = sigmas[torch.randint(len(sigmas), (args.batch,), generator=generator).to(device)]
-        context = encode(clip, texts)
-        noisy = x0 + noise * sigma.view(-1, 1, 1, 1)
-        denoised = unet.apply_model(noisy, sigma, c_crossattn=context.to(device),
-                                    transformer_options=capture.transformer_options)
-        loss = v_loss(denoised, x0, sigma)
+        context, pooled = encode(clip, texts)
+        if joint:     # flow matching, noise levels from a logit-normal (as SD3 and Flux are trained)
+            sigma = torch.sigmoid(torch.randn(args.batch, generator=generator)).clamp(0.02, 1.0).to(device)
+            noisy = x0 * (1 - sigma.view(-1, 1, 1, 1)) + noise * sigma.view(-1, 1, 1, 1)
+            with torch.autograd.graph.saved_tensors_hooks(copy_activation, lambda t: t):   # Flux adds in place
+                denoised = unet.apply_model(noisy, sigma, c_crossattn=context.to(device), y=pooled.to(device),
+                                            transformer_options=capture.transformer_options)
+            loss = flow_loss(denoised, x0, sigma)
+        else:
+            sigma = sigmas[torch.randint(len(sigmas), (args.batch,), generator=generator).to(device)]
+            noisy = x0 + noise * sigma.view(-1, 1, 1, 1)
+            denoised = unet.apply_model(noisy, sigma, c_crossattn=context.to(device),
+                                        transformer_options=capture.transformer_options)
+            loss = v_loss(denoised, x0, sigma)
         maps = capture.take()
         if args.ground_weight:
             loss = loss + args.ground_weight * grounding_term(maps, masks[rows.to(device)], ~dropped.to(device))
@@ -321,8 +375,12 @@ def write_weights(path: str, unet, text, vae, args):
     from attend_and_excite.nodes.demo import model as demo_model
     os.makedirs(os.path.dirname(path), exist_ok=True)
     state = demo_model.pack(unet.diffusion_model, text, vae, used_tokens(demo_model.build_clip(), vocabulary(args)))
-    metadata = {"settings": json.dumps(training_settings(args)), "unet": json.dumps(unet_config(args)),
-                "vae": json.dumps(vae_config(args))}
+    metadata = {"settings": json.dumps(training_settings(args)), "vae": json.dumps(vae_config(args)),
+                "architecture": args.architecture}
+    if args.architecture == "joint":
+        metadata["joint"] = json.dumps(joint_config(args))
+    else:
+        metadata["unet"] = json.dumps(unet_config(args))
     save_file({k: v.contiguous().cpu() for k, v in state.items()}, path + ".tmp", metadata=metadata)
     os.replace(path + ".tmp", path)
 
@@ -358,8 +416,18 @@ def unet_config(args) -> dict:
     return dict(demo_model.UNET, model_channels=args.unet_channels)
 
 
+def joint_config(args) -> dict:
+    from attend_and_excite.nodes.demo import model as demo_model
+    return dict(demo_model.JOINT, hidden_size=args.joint_width, depth=args.joint_depth,
+                depth_single_blocks=args.joint_single)
+
+
 def vae_config(args) -> dict:
     from attend_and_excite.nodes.demo import model as demo_model
+    if args.vae_from:
+        from safetensors import safe_open
+        with safe_open(args.vae_from, "pt") as f:
+            return json.loads((f.metadata() or {}).get("vae", "null")) or demo_model.VAE
     return dict(demo_model.VAE, ch=args.vae_channels)
 
 
@@ -376,6 +444,12 @@ def arguments() -> argparse.ArgumentParser:
     import_package()
     from attend_and_excite.nodes.demo.shapes import SHAPES
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--architecture", choices=("unet", "joint"), default="unet",
+                        help="the UNet demo (cross-attention) or the joint-attention demo (ComfyUI's Flux, tiny)")
+    parser.add_argument("--vae-from", help="another demo model's weights whose autoencoder to use as it is")
+    parser.add_argument("--joint-width", type=int, default=128)
+    parser.add_argument("--joint-depth", type=int, default=4, help="double-stream blocks")
+    parser.add_argument("--joint-single", type=int, default=2, help="single-stream blocks")
     parser.add_argument("--work", default=os.path.join(os.path.dirname(os.path.dirname(HERE)), "out", "demo_training"))
     parser.add_argument("--out", help="where to write the weights; default: the package's demo weights")
     parser.add_argument("--device", default="cpu")
@@ -406,6 +480,11 @@ def training_settings(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("work", "out", "device", "snapshot_every")}
 
 
+def comfy_file(path: str) -> dict:
+    import comfy.utils
+    return {k: v.float() if v.is_floating_point() else v for k, v in comfy.utils.load_torch_file(path).items()}
+
+
 def main():
     args = arguments().parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -423,19 +502,24 @@ def main():
     device = torch.device(args.device)
     started = time.time()
     scaled = os.path.join(args.work, "vae_scaled.pt")
-    if os.path.exists(scaled):
+    if args.vae_from:
         vae = demo_model.vae_model(vae_config(args)).to(device).eval().requires_grad_(False)
-        vae.load_state_dict(torch.load(scaled))
+        vae.load_state_dict(demo_model.unpack(comfy_file(args.vae_from), demo_model.VAE_PREFIX))
+        data = encode_dataset(vae, args, device)
     else:
-        vae = train_vae(args, device)
-        scale_latents(vae, args, device)
-        torch.save(vae.state_dict(), scaled)
-    data = encode_dataset(vae, args, device)
-    train_decoder(vae, args, device)
+        if os.path.exists(scaled):
+            vae = demo_model.vae_model(vae_config(args)).to(device).eval().requires_grad_(False)
+            vae.load_state_dict(torch.load(scaled))
+        else:
+            vae = train_vae(args, device)
+            scale_latents(vae, args, device)
+            torch.save(vae.state_dict(), scaled)
+        data = encode_dataset(vae, args, device)
+        train_decoder(vae, args, device)
     right, damaged = round_trips(vae, args, device)
     print(f"autoencoder round trips: {right}/32 read back as drawn, {damaged} damaged", flush=True)
     unet, text = train_diffusion(args, device, data, snapshots(args, vae))
-    out = args.out or demo_model.WEIGHTS
+    out = args.out or (demo_model.JOINT_WEIGHTS if args.architecture == "joint" else demo_model.WEIGHTS)
     write_weights(out, unet, text, vae, args)
     print(f"wrote {out} ({os.path.getsize(out) / 2 ** 20:.1f} MiB) in {time.time() - started:.0f} s", flush=True)
 
