@@ -295,6 +295,28 @@ def test_token_picker_reads_t5_columns_when_the_clip_comes_from_a_flux_text_enco
     assert our_errors(ui) == []
 
 
+@pytest.mark.parametrize("template, shown", [
+    ("attend_and_excite_zimage.json", "Qwen3 tokens"), ("attend_and_excite_qwen_image.json", "Qwen2.5-VL tokens"),
+    ("attend_and_excite_flux2.json", "write the subjects as words")])
+def test_token_picker_reads_the_llm_of_the_loader_a_family_template_uses(ui, template, shown):
+    """Z-Image's CLIPLoader type (lumina2) gives Qwen3's words, counted after its chat template's 3 columns;
+    Qwen-Image's (qwen_image) Qwen2.5-VL's from 0 (its encoder drops the template's head); Flux.2 dev's
+    tokenizer lives in its text-encoder file, so the picker says what to do."""
+    drop_workflow(ui, REPO / "example_workflows" / template)
+    focus_node(ui, node_of(ui, "AttendExciteTextEncode"))
+    ui.page.wait_for_function(f"(text) => document.querySelector('.ae-tokens')?.textContent.includes(text)",
+                              arg=shown)
+    words = chips(ui)
+    if "qwen_image" in template:
+        assert words["red"][0] == "1" and words["bicycle"][0] == "2"     # "a red bicycle, ..." from column 0
+    elif "zimage" in template:
+        assert words["cat"][0] == "4"           # "<|im_start|>", "user", "\n", then "a cat, ..."
+    else:
+        assert words == {}
+    ui.screenshot(f"token-picker-{template[:-5]}")
+    assert our_errors(ui) == []
+
+
 # Per example: the node that shows the heatmaps, and every node whose run shows images.
 PREVIEWS = {"attend_and_excite_sd15.json": ("AttendExciteKSampler", {
                 "AttendExciteKSampler": 2, "AttendExciteHeatmapOverlay": 2, "PreviewImage": 1, "SaveImage": 1}),

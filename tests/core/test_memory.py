@@ -25,3 +25,11 @@ def test_auto_is_fast_on_the_cpu_or_without_an_estimate_and_a_choice_is_kept():
     assert choose_pass("auto", False, 0, None, GIB) == ("fast", "no memory estimate for this model")
     assert choose_pass("lean", True, 0, None, GIB) == ("lean", "")
     assert choose_pass("fast", False, 0, 100 * GIB, GIB) == ("fast", "")
+
+
+def test_the_estimate_is_the_counted_variant_nearest_in_size():
+    """Flux.2 Klein 4B, 9B and dev share a family: auto reads the count of the one the model's size is nearest."""
+    from attend_and_excite.nodes.core.families import FLUX2
+    counts = {params: gib for params, gib, _ in FLUX2.fast_pass}
+    for size, params in ((4.0, 3.88), (9.2, 9.08), (31.0, 32.22), (None, 32.22)):
+        assert fast_pass_bytes("Flux.2", 1, 64 * 64, 2, size) == pytest.approx(counts[params] * GIB)

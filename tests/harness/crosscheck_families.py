@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 TEXT, SIGMA = 32, 0.7
-LATENT = {"z-image": (1, 16, 16, 16), "qwen-image": (1, 16, 1, 12, 16), "flux.2": (1, 128, 6, 8),
+LATENT = {"z-image": (1, 16, 12, 16), "qwen-image": (1, 16, 1, 12, 16), "flux.2": (1, 128, 6, 8),
           "chroma": (1, 16, 12, 16)}
 
 
@@ -79,14 +79,15 @@ def watched_attention(module_name: str):
         module.dispatch_attention_fn = original
 
 
-def text_probabilities(calls: list, text: int, image: int, grid: tuple, image_first: bool = False) -> torch.Tensor:
+def text_probabilities(calls: list, text: int, image: int, grid: tuple, image_first: int = 0) -> torch.Tensor:
     """(B, h, w, T): the mean over heads and calls of the image queries' softmax over every key, kept on
-    the text keys, in float64, from diffusers' (B, S, H, D) queries and keys."""
+    the text keys, in float64, from diffusers' (B, S, H, D) queries and keys. image_first: the length of
+    the image part (padding included) where the sequence is [image, text]; else it is [text, image]."""
     total, heads = 0, 0
     for query, key, _ in calls:
         q, k = query.double().transpose(1, 2), key.double().transpose(1, 2)
         probabilities = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
-        rows, columns = (slice(0, image), slice(image, image + text)) if image_first else \
+        rows, columns = (slice(0, image), slice(image_first, image_first + text)) if image_first else \
             (slice(text, text + image), slice(0, text))
         total = total + probabilities[:, :, rows, columns].sum(dim=1)
         heads += q.shape[1]
@@ -175,8 +176,9 @@ def z_image():
         # its timestep counts from the noise: 1 - sigma (ComfyUI's model turns sigma around itself)
         reference([x[0].unsqueeze(1)], torch.tensor([1 - SIGMA]), [context[0]])
     image = h * w // 4
-    joint = [call for call in calls if call[0].shape[1] == TEXT + image][:ZIMAGE.recorded_count(6)]
-    theirs = text_probabilities(joint, TEXT, image, (h // 2, w // 2), image_first=True)    # its [image, text]
+    padded = image + (-image % 32)     # both pad the image to a multiple of 32 tokens
+    joint = [call for call in calls if call[0].shape[1] == TEXT + padded][:ZIMAGE.recorded_count(6)]
+    theirs = text_probabilities(joint, TEXT, image, (h // 2, w // 2), image_first=padded)    # its [image, text]
     ours = package_maps(model, ZIMAGE, x, lambda options: model.diffusion_model(
         x, torch.tensor([SIGMA]), context, TEXT, transformer_options=options))
     return ours, theirs
