@@ -71,3 +71,15 @@ class BoostSettings:
 
 
 BOOST_DEFAULTS = BoostSettings()
+
+
+@dataclass(frozen=True)
+class TemperatureSettings:
+    """The attention temperature's (after TACA, Lv et al., ICCV 2025, and its public code): the image
+    queries' logits over the text keys multiplied by `temperature` in the first steps."""
+    temperature: float = 1.2            # TACA's gamma on FLUX.1 and SD3.5
+    start_percent: float = 0.0
+    end_percent: float = 0.1            # TACA's code: the first 3 of 28-30 steps
+
+
+TEMPERATURE_DEFAULTS = TemperatureSettings()

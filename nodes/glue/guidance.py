@@ -67,8 +67,9 @@ def with_backward_attention(model_options: dict) -> dict:
     previous = transformer_options.get("optimized_attention_override")
 
     def override(func, *args, **kwargs):
-        if getattr(func, "__name__", "") in NO_BACKWARD:
-            func = comfy.ldm.modules.attention.attention_pytorch
+        if getattr(func, "__name__", "") in NO_BACKWARD:      # a steered kernel (boost.py) keeps its steering
+            pytorch = comfy.ldm.modules.attention.attention_pytorch
+            func = func.on(pytorch) if hasattr(func, "on") else pytorch
         return previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
     return {**model_options, "transformer_options": {**transformer_options, "optimized_attention_override": override}}
 

@@ -1,16 +1,19 @@
-"""Records joint attention (text and image tokens in one softmax): the image queries' attention to
-the text keys, in the guidance pass only, in fp32, softmax over the whole joint sequence, after
-RoPE (what the model attends with).
+"""Joint attention (text and image tokens in one softmax): where a family's joint attention calls
+are, and the recorders of its maps.
 
-- Double-stream blocks (SD3, Flux.1, Flux.2, Chroma, Qwen-Image): each recorded block gets a `dit`
-  replace patch on the pass's copied options. It runs the block (or a replacement already there)
-  with an attention override that records the block's joint call and lets the chosen backend
-  compute the attention itself.
-- Single-stream layers (Z-Image): no block patch exists on every release, so an attention override
-  on the pass's options tells the main layers' calls from the refiners' by their sequence's length
-  ([text, image], each padded) and records the first layers.
+- Double-stream blocks (SD3, Flux.1, Flux.2, Chroma, Qwen-Image): each hooked block gets a `dit`
+  replace patch on a copy of the options. It runs the block (or a replacement already there) with an
+  attention override that hands the block's joint call to a handler.
+- Single-stream layers (Z-Image): no block patch exists on every release, so an attention override on
+  a copy of the options tells the main layers' calls from the refiners' by their sequence's length
+  ([text, image], each padded to the model's multiple) and hands them to the handler, counted.
 
-Every other call keeps ComfyUI's optimized backend.
+A handler gets (func, call, kwargs, proceed, text_length, number) and returns the attention's output,
+`proceed(kernel)` running the call with a kernel through the overrides that were there before: the
+recorders record the image queries' attention to the text keys (fp32, softmax over the whole joint
+sequence, after RoPE: what the model attends with) and proceed with the chosen backend; the
+gradient-free steering (boost.py) proceeds with a steered kernel, so an override outside it (a recorder
+of the guidance pass) still sees the whole call. Every other call keeps ComfyUI's backend.
 """
 from dataclasses import dataclass
 
@@ -46,7 +49,7 @@ def joint_blocks(diffusion_model, name: str = "") -> list[JointBlock]:
     return [JointBlock(n) for n in range(len(getattr(diffusion_model, name)))]
 
 
-def _attention_call(call: tuple, kwargs: dict) -> tuple:
+def attention_call(call: tuple, kwargs: dict) -> tuple:
     """(q, k as (B, H, N, D), heads, mask) of an optimized-attention call."""
     q, k = call[0], call[1]
     heads = call[3] if len(call) > 3 else kwargs["heads"]
@@ -54,6 +57,70 @@ def _attention_call(call: tuple, kwargs: dict) -> tuple:
     if not kwargs.get("skip_reshape", False):
         q, k = split_heads(q, heads), split_heads(k, heads)
     return q, k, heads, mask
+
+
+def hook_blocks(model_options: dict, blocks: list[JointBlock], handler, stop_after_last: bool = False) -> dict:
+    """A copy of model_options whose `blocks` hand their joint attention call to `handler`, wrapping any `dit`
+    replacement already there; stop_after_last: the forward ends after the last block (ForwardDone)."""
+    model_options = {**model_options, "transformer_options": model_options.get("transformer_options", {})}
+    existing = model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+    for block in blocks:
+        patch = _block_patch(block, existing.get(block.key), handler, stop_after_last and block is blocks[-1])
+        model_options = comfy.model_patcher.set_model_options_patch_replace(model_options, patch, "dit", *block.key)
+    return model_options
+
+
+def _proceed(outer, call: tuple, kwargs: dict):
+    """kernel -> the call's output with that kernel, through the override that was there before (which
+    sees the whole call: a recorder records what the model attends with, a backend swap still applies)."""
+    def proceed(kernel):
+        return outer(kernel, *call, **kwargs) if outer is not None else kernel(*call, **kwargs)
+    return proceed
+
+
+def _block_patch(block: JointBlock, previous, handler, is_last: bool):
+    def hooked(args, extra):
+        text_length, image_length = args["txt"].shape[1], args["img"].shape[1]
+        options = args["transformer_options"]
+        outer = options.get("optimized_attention_override")
+
+        def override(func, *call, **kwargs):
+            proceed = _proceed(outer, call, kwargs)
+            if attention_call(call, kwargs)[0].shape[2] != text_length + image_length:
+                return proceed(func)            # SD3.5 medium's image-only attention
+            return handler(func, call, kwargs, proceed, text_length, block.number)
+        inner = {**args, "transformer_options": {**options, "optimized_attention_override": override}}
+        out = previous(inner, extra) if previous is not None else extra["original_block"](inner)
+        if is_last:
+            raise ForwardDone
+        return out
+    return hooked
+
+
+def hook_layers(model_options: dict, is_joint, handler) -> dict:
+    """A copy of model_options whose attention calls of the single-stream layers' [text, image] sequence
+    (`is_joint(kwargs, length)`) go to handler(func, call, kwargs, proceed, length), wrapping an override
+    already there."""
+    options = model_options.get("transformer_options", {})
+    outer = options.get("optimized_attention_override")
+
+    def override(func, *call, **kwargs):
+        proceed = _proceed(outer, call, kwargs)
+        length = attention_call(call, kwargs)[0].shape[2]
+        if not is_joint(kwargs, length):
+            return proceed(func)
+        return handler(func, call, kwargs, proceed, length)
+    return {**model_options, "transformer_options": {**options, "optimized_attention_override": override}}
+
+
+def single_stream_lengths(diffusion_model, text_length: int, latent_shape: tuple) -> tuple[int, int]:
+    """(text, text + image): a single-stream model's joint sequence, each part padded to the model's multiple."""
+    multiple = getattr(diffusion_model, "pad_tokens_multiple", None) or 1
+    image = 1
+    for side in latent_shape[-2:]:
+        image *= -(-side // diffusion_model.patch_size)
+    text = text_length + (-text_length % multiple)
+    return text, text + image + (-image % multiple)
 
 
 class JointSum(AttentionSum):
@@ -68,17 +135,19 @@ class JointSum(AttentionSum):
         self.recorded = []     # (block or layer number, text tokens) of the last pass, for inspection
         self.open = bool(latent_shape)
 
-    def _add(self, q: torch.Tensor, k: torch.Tensor, heads: int, mask, text_length: int, number: int):
-        """q and k of a joint [text, image, later image tokens] sequence; the later tokens (Kontext's
-        reference latents, single-stream padding) are no query of the maps. Computed even when closed:
-        the lean pass's rerun of a layer must save the tensors its first run saved, in the same order."""
+    def _record(self, func, call: tuple, kwargs: dict, proceed, text_length: int, number: int):
+        """Adds a joint call's probabilities: the image queries of a [text, image, later image tokens]
+        sequence (Kontext's reference latents and single-stream padding are no query of the maps) over the
+        text keys. Computed even when closed: the lean pass's rerun of a layer must save the tensors its
+        first run saved, in the same order."""
+        q, k, heads, mask = attention_call(call, kwargs)
         grid = self.shape[0] * self.shape[1]
         summed = joint_text_probabilities(q, k, text_length, grid, mask).sum(dim=1)
-        if not self.open:
-            return
-        self.total = summed if self.total is None else self.total + summed
-        self.heads += heads
-        self.recorded.append((number, text_length))
+        if self.open:
+            self.total = summed if self.total is None else self.total + summed
+            self.heads += heads
+            self.recorded.append((number, text_length))
+        return proceed(func)
 
 
 class JointAttentionRecorder(JointSum):
@@ -110,32 +179,8 @@ class JointAttentionRecorder(JointSum):
         return list(getattr(diffusion_model, self._list(diffusion_model)))[:self.blocks[-1].number + 1]
 
     def install(self, model_options: dict) -> dict:
-        """A copy of model_options whose recorded blocks record, wrapping any `dit`
-        replacement already there."""
-        model_options = {**model_options, "transformer_options": model_options.get("transformer_options", {})}
-        existing = model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-        for block in self.blocks:
-            model_options = comfy.model_patcher.set_model_options_patch_replace(
-                model_options, self._patch(block, existing.get(block.key), block is self.blocks[-1]), "dit", *block.key)
-        return model_options
-
-    def _patch(self, block: JointBlock, previous, is_last: bool):
-        def record(args, extra):
-            text_length, image_length = args["txt"].shape[1], args["img"].shape[1]
-            options = args["transformer_options"]
-            outer = options.get("optimized_attention_override")
-
-            def override(func, *call, **kwargs):
-                q, k, heads, mask = _attention_call(call, kwargs)
-                if q.shape[2] == text_length + image_length:     # not SD3.5 medium's image-only attention
-                    self._add(q, k, heads, mask, text_length, block.number)
-                return outer(func, *call, **kwargs) if outer is not None else func(*call, **kwargs)
-            inner = {**args, "transformer_options": {**options, "optimized_attention_override": override}}
-            out = previous(inner, extra) if previous is not None else extra["original_block"](inner)
-            if is_last:
-                raise ForwardDone
-            return out
-        return record
+        """A copy of model_options whose recorded blocks record, wrapping any `dit` replacement already there."""
+        return hook_blocks(model_options, self.blocks, self._record, stop_after_last=True)
 
 
 class JointLayerRecorder(JointSum):
@@ -147,20 +192,17 @@ class JointLayerRecorder(JointSum):
     in_place_model = False
 
     def __init__(self, diffusion_model, layer_list: str, recorded_count, text_length: int):
-        layers = getattr(diffusion_model, layer_list)
+        self.diffusion_model = diffusion_model
         self.layer_list = layer_list
-        self.blocks = list(range(recorded_count(len(layers))))
+        self.blocks = list(range(recorded_count(len(getattr(diffusion_model, layer_list)))))
         self.patch_size = diffusion_model.patch_size
-        self.multiple = getattr(diffusion_model, "pad_tokens_multiple", None) or 1
-        self.text_length = self._padded(text_length)
+        self.text_length = text_length
         self.reset()
-
-    def _padded(self, length: int) -> int:
-        return length + (-length % self.multiple)
 
     def reset(self, latent_shape: tuple = ()):
         self._start(latent_shape, self.patch_size)
-        self.joint_length = self.text_length + self._padded(self.shape[0] * self.shape[1]) if latent_shape else 0
+        self.text_columns, self.joint_length = single_stream_lengths(self.diffusion_model, self.text_length,
+                                                                     latent_shape) if latent_shape else (0, 0)
         self.calls = 0
 
     def modules_run(self, diffusion_model) -> list[torch.nn.Module]:
@@ -176,17 +218,14 @@ class JointLayerRecorder(JointSum):
 
     def install(self, model_options: dict) -> dict:
         """A copy of model_options with the recording attention override (wrapping one already there)."""
-        options = model_options.get("transformer_options", {})
-        outer = options.get("optimized_attention_override")
+        return hook_layers(model_options, lambda _, length: length == self.joint_length, self._record_layer)
 
-        def override(func, *call, **kwargs):
-            q, k, heads, mask = _attention_call(call, kwargs)
-            if q.shape[2] == self.joint_length:
-                recording, layer = self.open, self.calls
-                self._add(q, k, heads, mask, self.text_length, layer)
-                if recording:
-                    self.calls += 1
-                    if layer == self.blocks[-1]:
-                        raise ForwardDone
-            return outer(func, *call, **kwargs) if outer is not None else func(*call, **kwargs)
-        return {**model_options, "transformer_options": {**options, "optimized_attention_override": override}}
+    def _record_layer(self, func, call: tuple, kwargs: dict, proceed, _length: int):
+        """A main layer's call; the pass stops in the last recorded layer, after its maps."""
+        recording, layer = self.open, self.calls
+        out = self._record(func, call, kwargs, proceed, self.text_columns, layer)
+        if recording:
+            self.calls += 1
+            if layer == self.blocks[-1]:
+                raise ForwardDone
+        return out

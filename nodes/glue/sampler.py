@@ -23,7 +23,7 @@ from ..core.schedule import Schedule, build_schedule
 from ..core.settings import Settings
 from .family import detect_family, recorder_for
 from .guidance import GuidancePass, autograd_weights
-from .text import SUBJECTS_KEY
+from .text import SUBJECTS_KEY, context_shift, in_model_columns
 
 # Evaluations that some samplers make at a later step's own sigma before that step
 # starts: step j's state is evaluated after min(j, n) of them. Heun's predictor lands
@@ -58,17 +58,6 @@ def _subjects_of(positive: list[dict], settings: Settings, family: Family):
                      "'CLIP Text Encode (Attend-and-Excite)', or give token_indices on the sampler")
 
 
-def _in_model_columns(info: dict, shift: int) -> dict:
-    """The subjects' columns as the diffusion model receives the context: `shift` columns later where
-    the model pads it on the left (Flux.2)."""
-    if not shift:
-        return info
-    def moved(columns):
-        return [moved(c) for c in columns] if isinstance(columns, list) else columns + shift
-    return {**info, **{key: moved(info[key]) for key in ("subjects", "modifiers", "prompt_columns", "end_columns")
-                       if key in info}}
-
-
 def _check_loss(settings: Settings, modifiers: list):
     loss = loss_named(settings.loss)
     if loss.needs_pairs and not any(modifiers):
@@ -97,8 +86,8 @@ class GuidedRun:
                              f"reference images are not supported: sample without the reference latents, or "
                              f"with the stock KSampler")
         token_count = entry["model_conds"]["c_crossattn"].cond.shape[1]
-        shift = token_count - info.get("context_length", token_count) if family.context_padded_left else 0
-        info = _in_model_columns(info, shift)
+        shift = context_shift(info, token_count, family)
+        info = in_model_columns(info, shift)
         subjects = [[c + shift for c in s] for s in settings.token_indices] if settings.token_indices else \
             [list(c) for c in info["subjects"]]
         kept = family.kept(token_count, info.get("end_columns", []), info.get("prompt_columns", []))

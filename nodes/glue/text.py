@@ -61,6 +61,23 @@ def subject_info(tokenizer, tokenized: dict, subjects: str, context_length: int 
             **({"context_length": len(tokens)} if templated else {})}
 
 
+def context_shift(info: dict, token_count: int, family) -> int:
+    """How many columns later the diffusion model reads the encode node's columns: a model that pads its
+    context on the left (Flux.2) moves them by the padding it added."""
+    return token_count - info.get("context_length", token_count) if family.context_padded_left else 0
+
+
+def in_model_columns(info: dict, shift: int) -> dict:
+    """The subjects' columns as the diffusion model receives the context, `shift` columns later."""
+    if not shift:
+        return info
+
+    def moved(columns):
+        return [moved(c) for c in columns] if isinstance(columns, list) else columns + shift
+    return {**info, **{key: moved(info[key]) for key in ("subjects", "modifiers", "prompt_columns", "end_columns")
+                       if key in info}}
+
+
 def encode_with_subjects(clip, text: str, subjects: str):
     """CONDITIONING as the stock CLIPTextEncode makes it, each entry carrying the
     subjects' context columns."""

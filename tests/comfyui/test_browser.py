@@ -130,7 +130,8 @@ def test_extension_and_help_pages_load(ui):
 
 
 NODE_IDS = ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
-            "AttendExciteHeatmapOverlay", "AttendExciteAttentionBoost", "AttendExciteDemoModelLoader")
+            "AttendExciteHeatmapOverlay", "AttendExciteAttentionBoost", "AttendExciteAttentionTemperature",
+            "AttendExciteDemoModelLoader")
 
 
 def open_help_panel(ui, node_type: str) -> dict:
@@ -304,7 +305,7 @@ def test_token_picker_reads_the_llm_of_the_loader_a_family_template_uses(ui, tem
     tokenizer lives in its text-encoder file, so the picker says what to do."""
     drop_workflow(ui, REPO / "example_workflows" / template)
     focus_node(ui, node_of(ui, "AttendExciteTextEncode"))
-    ui.page.wait_for_function(f"(text) => document.querySelector('.ae-tokens')?.textContent.includes(text)",
+    ui.page.wait_for_function("(text) => document.querySelector('.ae-tokens')?.textContent.includes(text)",
                               arg=shown)
     words = chips(ui)
     if "qwen_image" in template:

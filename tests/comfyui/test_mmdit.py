@@ -12,7 +12,6 @@ import comfy.supported_models
 import comfy.text_encoders.flux
 import comfy.text_encoders.sd3_clip
 import support
-from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, default_inputs
 from attend_and_excite.nodes.core.schedule import build_schedule
 from attend_and_excite.nodes.core.tokens import PIECE, layout
 from attend_and_excite.nodes.glue.family import detect_family
@@ -157,11 +156,6 @@ def test_the_flow_step_equals_a_step_on_the_unit_scale_latent():
 def test_map_level_is_refused_on_mmdit_with_what_to_set(mmdit):
     with pytest.raises(ValueError, match="set map_level to auto"):
         run(mmdit, settings=support.forced(map_level=1))
-
-
-def test_the_attention_boost_refuses_mmdit_with_why(mmdit):
-    with pytest.raises(ValueError, match="SD3 and Flux attend to the text jointly"):
-        AttendExciteAttentionBoost.execute(mmdit.model, **default_inputs())
 
 
 def test_flux_subjects_are_read_on_t5_columns():

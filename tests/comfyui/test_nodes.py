@@ -45,7 +45,8 @@ def test_schemas_describe_every_node_and_input():
     node_list = asyncio.run(AttendExciteExtension().get_node_list())
     assert {n.define_schema().node_id for n in node_list} == {
         "AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
-        "AttendExciteHeatmapOverlay", "AttendExciteAttentionBoost", "AttendExciteDemoModelLoader"}
+        "AttendExciteHeatmapOverlay", "AttendExciteAttentionBoost", "AttendExciteAttentionTemperature",
+        "AttendExciteDemoModelLoader"}
     for node in node_list:
         schema = node.define_schema()
         assert schema.category == CATEGORY and schema.description

@@ -15,7 +15,8 @@ from harness.run_example import EMPTY_LATENTS, EXAMPLE, TINY_FAMILIES, example_p
 from harness.workflow import to_api
 
 NODE_IDS = ("AttendExciteTextEncode", "AttendExciteKSampler", "AttendExciteSampler", "AttendExciteHeatmaps",
-            "AttendExciteHeatmapOverlay", "AttendExciteDemoModelLoader")
+            "AttendExciteHeatmapOverlay", "AttendExciteAttentionBoost", "AttendExciteAttentionTemperature",
+            "AttendExciteDemoModelLoader")
 SHOWS_A_TILE_PER_SUBJECT = ("AttendExciteKSampler", "AttendExciteHeatmaps", "AttendExciteHeatmapOverlay")
 EXAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(EXAMPLE), "*.json")))
 

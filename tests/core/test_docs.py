@@ -107,7 +107,7 @@ def test_no_message_or_troubleshooting_entry_asks_for_what_only_a_git_clone_has(
     messages = [(where, "…".join(chunks)) for where, chunks in package_messages()]
     assert clone_only(messages) == []
     pages = [(page.name, page.read_text(encoding="utf-8")) for page in sorted((ROOT / "js" / "docs").glob("*.md"))]
-    assert len(pages) == 8 and clone_only(pages) == []
+    assert len(pages) == 9 and clone_only(pages) == []
     planted = [("planted", "the weights are missing; train them again with 'make demo-model'"),
                ("planted", "restore them with `git checkout nodes/demo`"),
                ("planted", "see tests/README.md")]
@@ -134,7 +134,7 @@ def test_every_node_has_a_help_page_with_its_troubleshooting_entries_written_in(
     from harness.help_pages import entries, filled
     known = entries(TROUBLESHOOTING.read_text(encoding="utf-8"))
     assert len(known) >= 35
-    assert len(node_ids()) == 7
+    assert len(node_ids()) == 8
     for node in node_ids():
         page = (ROOT / "js" / "docs" / f"{node}.md").read_text(encoding="utf-8")
         assert re.search(r"^#### ", page, re.M), f"{node}'s help page lists no troubleshooting entry"

@@ -1,5 +1,6 @@
 """Plain KSampler against KSampler (Attend-and-Excite), and against the stock KSampler on a
-model patched by the attention boost, on one model, seed and sampler.
+model patched by the attention boost or (joint attention) the attention temperature, on one model,
+seed and sampler.
 
     make benchmark            (or: python tests/harness/benchmark.py [--out DIR] [--shape NAME] [--reference PATH])
 
@@ -28,7 +29,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from harness.server import REPO  # noqa: E402
 
-CONFIGS = {  # name -> (sampler, changes): to the paper's settings for "guided", to the boost node's for "boost"
+CONFIGS = {  # name -> (sampler, changes): to the paper's settings for "guided", to a patch node's otherwise
     "plain KSampler": ("plain", {}),
     "A&E, no refinement": ("guided", {"thresholds": ""}),
     "A&E, default thresholds": ("guided", {}),
@@ -42,6 +43,7 @@ CONFIGS = {  # name -> (sampler, changes): to the paper's settings for "guided",
     "A-STAR": ("guided", {"loss": "a_star"}),
     "attention boost (KSampler)": ("boost", {}),
     "attention boost, renormalised (KSampler)": ("boost", {"renormalise": True}),
+    "attention temperature (KSampler)": ("temperature", {}),
 }
 # On a GPU only: the guidance pass run eagerly (the CUDA graph's "before"), and a batch of 4.
 GPU_CONFIGS = {
@@ -54,8 +56,10 @@ MEMORY_CONFIGS = ["plain KSampler", "A&E, no refinement", "A&E, no refinement, l
                   "A&E, default thresholds, lean", "A&E, forced 3 x 20 refinement",
                   "A&E, forced 3 x 20 refinement, lean"]
 FAMILY_CONFIGS = ["plain KSampler", "A&E, no refinement", "A&E, default thresholds"]
-SHAPE_CONFIGS = {"sd15": list(CONFIGS) + list(GPU_CONFIGS), "sdxl": MEMORY_CONFIGS, "flux": FAMILY_CONFIGS,
-                 "zimage": FAMILY_CONFIGS, "qwen_image": FAMILY_CONFIGS, "flux2": FAMILY_CONFIGS,
+GRADIENT_FREE_CONFIGS = ["attention boost (KSampler)", "attention temperature (KSampler)"]   # joint attention's
+SHAPE_CONFIGS = {"sd15": [n for n in list(CONFIGS) + list(GPU_CONFIGS) if "temperature" not in n],
+                 "sdxl": MEMORY_CONFIGS, "flux": FAMILY_CONFIGS + GRADIENT_FREE_CONFIGS,
+                 "zimage": FAMILY_CONFIGS + GRADIENT_FREE_CONFIGS, "qwen_image": FAMILY_CONFIGS, "flux2": FAMILY_CONFIGS,
                  "chroma": FAMILY_CONFIGS}
 # The families behind an LLM text encoder: 77 random context columns, "cat" and "frog" at 2 and 5, the
 # prompt's words at 1-6 (what 'CLIP Text Encode (Attend-and-Excite)' attaches).
@@ -189,10 +193,10 @@ def run_configs(names: list[str], shape_name: str) -> dict:
     support.import_package()
     import comfy.utils
     import nodes
-    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, default_inputs as boost_inputs
+    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, AttendExciteAttentionTemperature, default_inputs
     from attend_and_excite.nodes.glue.capture import EAGER_VARIABLE
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
-    from attend_and_excite.nodes.parameters import default_inputs
+    from attend_and_excite.nodes.parameters import default_inputs as guided_inputs
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     cuda = torch.cuda.is_available()
@@ -211,8 +215,8 @@ def run_configs(names: list[str], shape_name: str) -> dict:
         side = setup["size"] // setup.get("cell", 8)
         frames = [1] if setup["family"] == "QwenImage" else []        # Qwen-Image's latent has a frame axis
         latent = {"samples": torch.zeros(batch, setup["latent_channels"], *frames, side, side)}
-        model = AttendExciteAttentionBoost.execute(base, **{**boost_inputs(), **changes}).result[0] \
-            if how == "boost" else base
+        patch = {"boost": AttendExciteAttentionBoost, "temperature": AttendExciteAttentionTemperature}.get(how)
+        model = patch.execute(base, **{**default_inputs(patch), **changes}).result[0] if patch else base
         if name.endswith("eager pass"):
             os.environ[EAGER_VARIABLE] = "1"
 
@@ -225,7 +229,7 @@ def run_configs(names: list[str], shape_name: str) -> dict:
                                                  negative, latent)[0]
                 last[:] = AttendExciteKSampler.execute(model, SEED, setup["steps"], setup["cfg"], SAMPLER, "normal",
                                                        paired if "loss" in changes else positive,
-                                                       negative, latent, 1.0, **{**default_inputs(), **changes}).result
+                                                       negative, latent, 1.0, **{**guided_inputs(), **changes}).result
         try:
             results[name] = measure(sample, batch, cuda, profile=how == "guided" and not cuda)
             if name == "A&E, no refinement" and cuda:
@@ -248,8 +252,8 @@ def pass_costs(model, setup, positive, negative, latent) -> dict:
     from torch.profiler import ProfilerActivity, profile
     from attend_and_excite.nodes.glue.capture import EAGER_VARIABLE
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
-    from attend_and_excite.nodes.parameters import default_inputs
-    every_step = {**default_inputs(), "thresholds": "", "steps_to_alter": PROFILED_STEPS,
+    from attend_and_excite.nodes.parameters import default_inputs as guided_inputs
+    every_step = {**guided_inputs(), "thresholds": "", "steps_to_alter": PROFILED_STEPS,
                   "schedule_steps": PROFILED_STEPS}
 
     def plain():

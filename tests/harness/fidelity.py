@@ -7,7 +7,8 @@ background that is not flat). The world has no modifiers (its captions are kind 
 there is no binding column. Samplers: the stock KSampler (plain); the Attend-and-Excite
 KSampler at the paper's defaults; the steering probe (the stock KSampler on a model whose
 cross-attention multiplies the two kind words' attention by PROBE_FACTOR and renormalises);
-the attention boost at its defaults; the Attend-and-Excite KSampler with the successor losses
+the attention boost at its defaults; on a joint-attention demo model, the attention temperature at
+its defaults; the Attend-and-Excite KSampler with the successor losses
 that need no modifiers (divide_and_bind, a_star, at their own defaults); and
 Attend-and-Excite's scale curve. Also the one-shape prompts (drawn as asked, per kind) and
 the presence signal: each subject's peak as the loss reads it, at every guided step of plain
@@ -34,6 +35,7 @@ SAMPLING = dict(steps=25, cfg=5.0, sampler_name="euler", scheduler="normal", siz
 BOOTSTRAP = 2000
 LOSS_ROWS = ("divide_and_bind", "a_star")     # the Attend-and-Excite KSampler with the successor losses
 SAMPLERS = ("plain", "attend_and_excite", "probe", "boost", *LOSS_ROWS)
+JOINT_SAMPLERS = ("temperature",)       # rows of a joint-attention demo model only
 GRID_ROWS = ("plain", "attend_and_excite", *LOSS_ROWS)
 SCALE_CURVE = (1.0, 5.0, 10.0)     # and the paper's 20, the attend_and_excite row
 PROBE_FACTOR = 3.0
@@ -63,8 +65,11 @@ def guidance_for(sampler: str, guidance: dict | None = None) -> dict | None:
 def sampler_model(model, sampler: str, subjects: str):
     """The model each sampler runs: the steering probe multiplies the subject words' attention by
     PROBE_FACTOR and renormalises, the boost is the node at its defaults (the document's rule);
-    both in every cross-attention layer, on the positive prompt's rows."""
-    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, default_inputs
+    both in every cross-attention layer (joint attention: the map blocks), on the positive prompt's
+    rows. The temperature is its node at its defaults."""
+    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, AttendExciteAttentionTemperature, default_inputs
+    if sampler == "temperature":
+        return AttendExciteAttentionTemperature.execute(model, **default_inputs(AttendExciteAttentionTemperature)).result[0]
     inputs = default_inputs()
     if sampler == "probe":
         inputs.update(alpha=PROBE_FACTOR, beta=1.0, renormalise=True, token_indices=subjects)
@@ -258,7 +263,7 @@ def main():
     parser.add_argument("--stride", type=int, default=1, help="every Nth prompt only (default: all)")
     parser.add_argument("--no-scale-curve", action="store_true")
     parser.add_argument("--no-single-shapes", action="store_true")
-    parser.add_argument("--samplers", default=",".join(SAMPLERS), help="the rows, comma-separated (default: all)")
+    parser.add_argument("--samplers", help="the rows, comma-separated (default: all the model takes)")
     parser.add_argument("--out", default=os.path.join(REPO, "out", "fidelity"))
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for ComfyUI's default GPU")
     args = parser.parse_args()
@@ -268,7 +273,8 @@ def main():
     from attend_and_excite.nodes.demo import model as demo_model
     from attend_and_excite.nodes.demo.detector import DAMAGED_BACKGROUND
     from attend_and_excite.nodes.parameters import default_inputs
-    from attend_and_excite.nodes.boost import default_inputs as boost_inputs
+    from attend_and_excite.nodes.boost import AttendExciteAttentionTemperature, default_inputs as patch_inputs
+    from attend_and_excite.nodes.glue.family import detect_family
     from PIL import Image
     weights = args.weights or demo_model.WEIGHTS
     model, clip, vae = demo_model.load(weights)
@@ -276,13 +282,15 @@ def main():
     pairs = subject_pairs(kinds)[::args.stride]
     seeds = list(range(args.seeds or max(1, TWO_SUBJECT_IMAGES // (len(pairs) * args.images))))
     started = time.time()
-    samplers = tuple(args.samplers.split(","))
+    joint = detect_family(model.model).joint
+    samplers = tuple(args.samplers.split(",")) if args.samplers else SAMPLERS + (JOINT_SAMPLERS if joint else ())
     results, pictures = measure(model, clip, vae, pairs, seeds, args.images, samplers=samplers,
                                 scales=() if args.no_scale_curve else SCALE_CURVE)
     if not args.no_single_shapes:
         results["single_shapes"] = single_shapes(model, clip, vae, seeds, args.images, kinds=kinds)
     results["settings"] = {"sampling": SAMPLING, "guidance": default_inputs(), "probe_factor": PROBE_FACTOR,
-                           "boost": boost_inputs(), "damaged_background": DAMAGED_BACKGROUND,
+                           "boost": patch_inputs(), "damaged_background": DAMAGED_BACKGROUND,
+                           "temperature": patch_inputs(AttendExciteAttentionTemperature) if joint else None,
                            "prompts": len(pairs), "seeds": seeds,
                            "images_per_seed": args.images, "bootstrap_resamples": BOOTSTRAP,
                            "seconds": round(time.time() - started)}

@@ -20,7 +20,6 @@ A tensor saved by several operations counts once.
 """
 import argparse
 import collections
-import contextlib
 import json
 import sys
 from pathlib import Path

@@ -475,9 +475,14 @@ def arguments() -> argparse.ArgumentParser:
     return parser
 
 
+JOINT_ONLY = ("architecture", "joint_width", "joint_depth", "joint_single")
+
+
 def training_settings(args) -> dict:
-    """What decides the weights (not where they go or which device computes them)."""
-    return {k: v for k, v in vars(args).items() if k not in ("work", "out", "device", "snapshot_every")}
+    """What decides the weights (not where they go or which device computes them); a UNet run's
+    without the options that came with the joint demo unless used, as the shipped UNet records them."""
+    left_out = ("work", "out", "device", "snapshot_every") + (JOINT_ONLY if args.architecture == "unet" else ())
+    return {k: v for k, v in vars(args).items() if k not in left_out and not (k == "vae_from" and v is None)}
 
 
 def comfy_file(path: str) -> dict:
