@@ -1,6 +1,6 @@
 # The two entry points of the README. Both build the test environment once
 # (a venv with ComfyUI 0.3.75, or the tree in COMFYUI_DIR) under .comfy/.
-.PHONY: example test test-core thumbnails benchmark gpu-check demo-model fidelity help-pages
+.PHONY: example test test-core thumbnails benchmark gpu-check demo-model demo-model-joint fidelity fidelity-joint help-pages
 
 example:
 	bash tests/harness/comfy_env.sh python tests/harness/run_example.py $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
@@ -33,6 +33,14 @@ demo-model:
 fidelity:
 	bash tests/harness/comfy_env.sh python tests/harness/grounding.py
 	bash tests/harness/comfy_env.sh python tests/harness/fidelity.py
+
+# The joint-attention demo model (ComfyUI's Flux class at a tiny width, on the UNet demo's autoencoder),
+# trained again from its fixed seed (about 2 hours on one CPU core), and its fidelity benchmark.
+demo-model-joint:
+	bash tests/harness/comfy_env.sh python tests/harness/train_demo.py --architecture joint --vae-from nodes/demo/attend_excite_shapes.safetensors --work out/demo_training_joint
+
+fidelity-joint:
+	bash tests/harness/comfy_env.sh python tests/harness/fidelity.py --weights nodes/demo/attend_excite_shapes_joint.safetensors --out out/fidelity_joint
 
 # The "Errors and warnings" entries of every help page, written from js/docs/troubleshooting.md.
 help-pages:

@@ -121,7 +121,7 @@ def load(path: str = WEIGHTS):
     """(MODEL, CLIP, VAE) as ComfyUI's checkpoint loader returns them; the file's metadata says which
     architecture it holds."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"the demo model's weights are missing ({path}, about 6 MB): update or reinstall "
+        raise FileNotFoundError(f"the demo model's weights are missing ({path}, a few MB): update or reinstall "
                                 f"the pack (ComfyUI-Manager: Try update or Try fix; a git clone: git pull), "
                                 f"which puts the file back in that folder")
     state, metadata = comfy.utils.load_torch_file(path, return_metadata=True)

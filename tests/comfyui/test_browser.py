@@ -327,6 +327,7 @@ PREVIEWS["attend_and_excite_sdxl.json"] = PREVIEWS["attend_and_excite_sd35.json"
 PREVIEWS["attend_and_excite_sd15_syngen.json"] = PREVIEWS["attend_and_excite_sd15.json"]
 PREVIEWS["attend_and_excite_demo.json"] = ("AttendExciteKSampler", {     # four images
     "AttendExciteKSampler": 8, "AttendExciteHeatmapOverlay": 8, "PreviewImage": 4, "SaveImage": 4})
+PREVIEWS["attend_and_excite_demo_joint.json"] = PREVIEWS["attend_and_excite_demo.json"]
 PREVIEWS["attention_boost_demo.json"] = (None, {"SaveImage": 4})       # a patch: the stock KSampler shows no heatmaps
 PREVIEWS["attend_and_excite_demo_masks.json"] = ("AttendExciteKSampler", {   # one image, two subjects: two masks
     "AttendExciteKSampler": 2, "PreviewImage": 2, "SaveImage": 1})

@@ -2,6 +2,8 @@
 nodes on it, and the fidelity benchmark's published figures."""
 import json
 import os
+import re
+import shlex
 
 import pytest
 import torch
@@ -12,7 +14,8 @@ from support import REPO
 from attend_and_excite.nodes.demo import model as demo_model
 from attend_and_excite.nodes.demo.detector import present
 from attend_and_excite.nodes.demo.shapes import subject_pairs
-from attend_and_excite.nodes.demo_loader import AttendExciteDemoModelLoader
+from attend_and_excite.nodes.demo_loader import DEMO_MODELS, AttendExciteDemoModelLoader
+from attend_and_excite.nodes.core.families import DEMO_JOINT
 from attend_and_excite.nodes.glue.family import DEMO, detect_family
 from attend_and_excite.nodes.ksampler import AttendExciteKSampler
 from attend_and_excite.nodes.text_encode import AttendExciteTextEncode
@@ -20,6 +23,8 @@ from attend_and_excite.nodes.text_encode import AttendExciteTextEncode
 QUICK_PAIRS = 3
 FIDELITY = os.path.join(REPO, "js", "docs", "fidelity.json")
 GROUNDING = os.path.join(REPO, "js", "docs", "grounding.json")
+JOINT_FIDELITY = os.path.join(REPO, "js", "docs", "fidelity_joint.json")
+JOINT = next(name for name, path in DEMO_MODELS.items() if path == demo_model.JOINT_WEIGHTS)
 
 
 def test_the_demo_config_is_a_v_prediction_model_that_records_16x16_maps():
@@ -79,25 +84,39 @@ def test_attend_and_excite_reads_16x16_maps_of_the_demo_model(demo):
     assert record.maps[0].shape == (2, 2, 16, 16) and json.loads(result[4])["model"] == DEMO.name
 
 
-def test_the_shipped_weights_give_the_published_benchmark_rates(demo):
-    """The first seed's batch of the first prompts of the fidelity benchmark (README,
-    js/docs/fidelity.json), sampled again: each batch's counts per sampler (both kinds,
-    exactly the two, damaged), within one image of the published ones (another CPU may round
-    a few pixels differently)."""
-    from harness.fidelity import SAMPLERS, measure
-    with open(FIDELITY) as f:
+def published_rates_again(model, published_file: str, samplers: tuple):
+    """The first seed's batch of the first prompts of a fidelity benchmark, sampled again: each
+    batch's counts per sampler (both kinds, exactly the two, damaged), within one image of the
+    published ones (another CPU may round a few pixels differently)."""
+    from harness.fidelity import measure
+    with open(published_file) as f:
         published = json.load(f)
     settings = published["settings"]
     seed = settings["seeds"][0]
-    results, _ = measure(*demo, subject_pairs()[:QUICK_PAIRS], [seed], settings["images_per_seed"],
-                         scales=(), log=lambda _: None)
+    results, _ = measure(*model, subject_pairs()[:QUICK_PAIRS], [seed], settings["images_per_seed"],
+                         samplers=samplers, scales=(), log=lambda _: None)
     first_batches = [row for row in published["per_batch"] if row["seed"] == seed]
     assert len(results["per_batch"]) == QUICK_PAIRS
     for measured, expected in zip(results["per_batch"], first_batches):
         assert (measured["prompt"], measured["seed"]) == (expected["prompt"], expected["seed"])
-        for sampler in SAMPLERS:
+        for sampler in samplers:
             for column, count in expected[sampler].items():
                 assert abs(measured[sampler][column] - count) <= 1, (sampler, column, measured, expected)
+
+
+def test_the_shipped_weights_give_the_published_benchmark_rates(demo):
+    """README, js/docs/fidelity.json."""
+    from harness.fidelity import SAMPLERS
+    published_rates_again(demo, FIDELITY, SAMPLERS)
+
+
+@pytest.mark.parametrize("published", [FIDELITY, JOINT_FIDELITY], ids=["unet", "joint"])
+def test_the_readme_shows_each_demo_models_table_as_its_benchmark_wrote_it(published):
+    from harness.fidelity import readme_table
+    with open(published) as f:
+        table = readme_table(json.load(f))
+    with open(os.path.join(REPO, "README.md")) as f:
+        assert table in f.read()
 
 
 def test_the_benchmarks_plain_row_is_the_stock_ksampler(demo):
@@ -171,3 +190,70 @@ def test_the_shipped_weights_give_the_published_grounding(demo):
             got = measured[float(sigma)][kind]
             assert abs(got["pointing"] - expected["pointing"]) * cases <= 1, (sigma, kind, got, expected)
             assert abs(got["mass_inside"] - expected["mass_inside"]) <= 0.01, (sigma, kind, got, expected)
+
+
+def make_target_arguments(target: str) -> list[str]:
+    """The train_demo.py arguments of a Makefile target's recipe."""
+    with open(os.path.join(REPO, "Makefile")) as f:
+        recipe = re.search(rf"^{target}:\n\t(.*)$", f.read(), re.M).group(1)
+    return shlex.split(recipe.split("train_demo.py", 1)[1])
+
+
+def test_shipped_joint_weights_come_from_their_make_target():
+    from safetensors import safe_open
+    from harness.train_demo import arguments, training_settings
+    assert os.path.getsize(demo_model.JOINT_WEIGHTS) <= 25 * 2 ** 20
+    with safe_open(demo_model.JOINT_WEIGHTS, "pt") as f:
+        metadata = f.metadata()
+    expected = training_settings(arguments().parse_args(make_target_arguments("demo-model-joint")))
+    assert json.loads(metadata["settings"]) == expected and expected["architecture"] == "joint"
+
+
+@pytest.fixture(scope="module")
+def joint_demo():
+    with torch.inference_mode():
+        return AttendExciteDemoModelLoader.execute(JOINT).result
+
+
+def test_the_joint_demo_is_comfyuis_flux_whose_maps_come_from_its_double_blocks(joint_demo):
+    """The loader's second model: ComfyUI's Flux class (flow matching), found as the joint demo
+    family; Attend-and-Excite reads its 8 x 8 maps (2 x 2 patches of the 16 x 16 latent) from the
+    double-stream blocks' joint attention."""
+    import comfy.ldm.flux.model
+    import comfy.model_sampling
+    from attend_and_excite.nodes.parameters import default_inputs
+    model, clip, vae = joint_demo
+    assert isinstance(model.model.diffusion_model, comfy.ldm.flux.model.Flux)
+    assert detect_family(model.model) is DEMO_JOINT
+    assert isinstance(model.model.model_sampling, comfy.model_sampling.CONST)
+    with torch.inference_mode():
+        positive = AttendExciteTextEncode.execute(clip, "a circle and a square", "").result[0]
+        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+        latent = nodes.EmptyLatentImage().generate(128, 128, 2)[0]
+        result = AttendExciteKSampler.execute(model, 0, 10, 5.0, "euler", "normal", positive, negative, latent, 1.0,
+                                              **dict(default_inputs(), max_refinement=1)).result
+    assert result[3].maps[0].shape == (2, 2, 8, 8) and json.loads(result[4])["model"] == DEMO_JOINT.name
+
+
+def test_the_joint_weights_give_the_published_benchmark_rates(joint_demo):
+    """README, js/docs/fidelity_joint.json: every sampler the joint model's table has."""
+    from harness.fidelity import JOINT_SAMPLERS, SAMPLERS
+    published_rates_again(joint_demo, JOINT_FIDELITY, SAMPLERS + JOINT_SAMPLERS)
+
+
+def test_a_stopped_benchmark_resumes_from_its_kept_batches(demo, tmp_path):
+    """fidelity.py --batches: a batch measured once is read back (pictures, scores, plain
+    sampling's peaks) with the same results; what is read is the kept file, not a new sample."""
+    from harness.fidelity import SAMPLING, measure
+    sampling = dict(SAMPLING, steps=4)
+    run = lambda: measure(*demo, subject_pairs()[:1], [0], 2, sampling=sampling, samplers=("plain",), scales=(),
+                          log=lambda _: None, batches=str(tmp_path))
+    first, first_pictures = run()
+    again, again_pictures = run()
+    assert again == first
+    assert all(torch.equal((p * 255).round(), again_pictures[k] * 255) for k, p in first_pictures.items())
+    [kept] = tmp_path.glob("*.pt")
+    batch = torch.load(kept)
+    batch["scores"] = [dict(s, kinds=[True, True], extra=0, unflat_background=0.0) for s in batch["scores"]]
+    torch.save(batch, kept)
+    assert run()[0]["per_batch"][0]["plain"] == {"both_kinds": 2, "exact": 2, "damaged": 0}

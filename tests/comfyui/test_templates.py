@@ -25,6 +25,7 @@ INTENDED = {
     ("attend_and_excite_sd15_syngen.json", "AttendExciteKSampler", "loss"): "the template shows SynGen",
     ("attend_and_excite_demo_masks.json", "AttendExciteKSampler", "mask_threshold"):
         "hard masks, so the composite paints the subject's region and nothing else",
+    ("attend_and_excite_demo_joint.json", "AttendExciteDemoModelLoader", "model"): "the joint-attention demo model",
 }
 
 

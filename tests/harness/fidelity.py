@@ -16,9 +16,14 @@ sampling, for subjects whose shape appears in the end and for those that go miss
 
     python tests/harness/fidelity.py [--weights FILE] [--seeds N] [--images N] [--stride N] [--out DIR]
 
-Writes fidelity.json, fidelity.md (the tables) and fidelity_grid.jpg to --out.
+Writes fidelity.json, fidelity.md (the tables) and fidelity_grid.jpg to --out. Each measured
+batch is kept under --out/batches (per weights file): a stopped run resumes where it was, and
+processes given different --samplers (and the same --batches) share the work; a last run with
+every row then reads them back and writes the tables.
 """
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -164,16 +169,15 @@ def presence_signal(peaks: list[torch.Tensor], scores: list) -> dict:
 
 
 def single_shapes(model, clip, vae, seeds: list[int], images_per_seed: int, sampling=SAMPLING,
-                  kinds: tuple | None = None) -> dict:
+                  kinds: tuple | None = None, batches: str | None = None) -> dict:
     """One-shape prompts, plain sampling: drawn as asked (that kind, nothing else), overall
     and per kind; and the kind right (a shape of it, whatever else is drawn)."""
-    from attend_and_excite.nodes.demo.detector import DAMAGED_BACKGROUND, score
+    from attend_and_excite.nodes.demo.detector import DAMAGED_BACKGROUND
     from attend_and_excite.nodes.demo.shapes import SHAPES
     asked = {}
     for kind in kinds or SHAPES:
-        pictures = torch.cat([sample(model, clip, vae, [kind], seed, images_per_seed, "plain", sampling)[0]
-                              for seed in seeds])
-        asked[kind] = [score([kind], p) for p in pictures]
+        asked[kind] = [s for seed in seeds for s in scored_batch(model, clip, vae, (kind,), seed, images_per_seed,
+                                                                  "plain", sampling, None, batches)[1]]
     every = [s for v in asked.values() for s in v]
     return {"images": len(every),
             "as_asked": interval([s.exact for s in every]),
@@ -182,12 +186,42 @@ def single_shapes(model, clip, vae, seeds: list[int], images_per_seed: int, samp
             "by_kind": {k: interval([s.exact for s in v]) for k, v in asked.items()}}
 
 
+def patch_settings() -> dict:
+    """What the patched rows run besides the model: the probe's factor, the patch nodes' defaults."""
+    from attend_and_excite.nodes.boost import AttendExciteAttentionTemperature, default_inputs
+    return {"probe": PROBE_FACTOR, "boost": default_inputs(), "temperature": default_inputs(AttendExciteAttentionTemperature)}
+
+
+def scored_batch(model, clip, vae, pair: tuple, seed: int, images_per_seed: int, name: str, sampling, guidance,
+                 batches: str | None) -> tuple[torch.Tensor, list, list]:
+    """(pictures, their scores, plain sampling's guided peaks or []) of one batch. With `batches`
+    (a folder), a batch measured before with the same settings is read back instead of sampled
+    again: a long benchmark can be stopped and resumed, or its rows split over processes."""
+    from attend_and_excite.nodes.demo.detector import Score, score
+    path = None
+    if batches is not None:
+        key = json.dumps([prompt_of(pair), seed, images_per_seed, name, sampling, guidance, patch_settings()],
+                         sort_keys=True)
+        path = os.path.join(batches, hashlib.sha1(key.encode()).hexdigest()[:20] + ".pt")
+        if os.path.exists(path):
+            kept = torch.load(path)
+            return kept["pictures"].float() / 255, [Score(**s) for s in kept["scores"]], list(kept["peaks"])
+    images, record = sample(model, clip, vae, list(pair), seed, images_per_seed, name, sampling, guidance)
+    found = [score(list(pair), image) for image in images]
+    peaks = list(guided_peaks(record).contiguous()) if name == "plain" else []
+    if path is not None:
+        os.makedirs(batches, exist_ok=True)
+        torch.save({"pictures": (images * 255).round().byte(), "scores": [dataclasses.asdict(s) for s in found],
+                    "peaks": torch.stack(peaks) if peaks else torch.zeros(0)}, path + ".part")
+        os.replace(path + ".part", path)
+    return images, found, peaks
+
+
 def measure(model, clip, vae, pairs: list[tuple], seeds: list[int], images_per_seed: int, sampling=SAMPLING,
-            samplers=SAMPLERS, scales=SCALE_CURVE, guidance=None, log=print) -> tuple[dict, dict]:
+            samplers=SAMPLERS, scales=SCALE_CURVE, guidance=None, log=print, batches=None) -> tuple[dict, dict]:
     """({"samplers": {name: summary}, "scale_curve": {scale: summary}, "presence": ...,
     "gain_over_plain": ..., "per_batch": [...]}, pictures by (pair, sampler)). A batch is one
-    prompt's images from one seed."""
-    from attend_and_excite.nodes.demo.detector import score
+    prompt's images from one seed; `batches`: see scored_batch."""
     runs = [*samplers, *(f"scale={s:g}" for s in scales)]
     scores = {name: [] for name in runs}
     plain_peaks, pictures, per_batch = [], {}, []
@@ -195,12 +229,11 @@ def measure(model, clip, vae, pairs: list[tuple], seeds: list[int], images_per_s
         for seed in seeds:
             row = {"prompt": prompt_of(pair), "seed": seed}
             for name in runs:
-                images, record = sample(model, clip, vae, list(pair), seed, images_per_seed, name, sampling, guidance)
+                images, found, peaks = scored_batch(model, clip, vae, pair, seed, images_per_seed, name, sampling,
+                                                    guidance, batches)
                 pictures[pair, name] = torch.cat([pictures.get((pair, name), images[:0]), images])
-                found = [score(list(pair), image) for image in images]
                 scores[name] += found
-                if name == "plain":
-                    plain_peaks += list(guided_peaks(record))
+                plain_peaks += peaks
                 row[name] = {"both_kinds": sum(all(s.kinds) for s in found), "exact": sum(s.exact for s in found),
                              "damaged": sum(s.damaged for s in found)}
             per_batch.append(row)
@@ -248,6 +281,27 @@ def tables(results: dict) -> str:
     return text
 
 
+# The README's rows: each sampler a user can pick, under the name the README gives it.
+README_ROWS = {"plain": "plain KSampler", "attend_and_excite": "`attend_and_excite`", "a_star": "`a_star`",
+               "divide_and_bind": "`divide_and_bind`", "boost": "Attention Boost (defaults)",
+               "temperature": "Attention Temperature (defaults)"}
+
+
+def readme_table(results: dict) -> str:
+    """The README's table of a demo model: neglect, exactness, damage, and the paired gain."""
+    def gain(r):
+        return f"{100 * r['rate']:+.1f} [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"
+    lines = ["| sampler | both drawn (neglect) | exactly the two | damaged | both drawn, gain over plain |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, label in README_ROWS.items():
+        if name in results["samplers"]:
+            r = results["samplers"][name]
+            paired = gain(results["gain_over_plain"][name]) if name != "plain" else ""
+            lines.append(f"| {label} | {percent(r['both_kinds'])} | {percent(r['exact'])} | {percent(r['damaged'])} | "
+                         + (f"{paired} |" if paired else "|"))
+    return "\n".join(lines)
+
+
 def grid(rows: list[torch.Tensor]) -> torch.Tensor:
     """Rows of (N, 3, H, W) pictures as one (3, H * rows, W * N) image with 2 px gaps."""
     padded = [torch.nn.functional.pad(r, (1, 1, 1, 1), value=1.0) for r in rows]
@@ -266,6 +320,8 @@ def main():
     parser.add_argument("--samplers", help="the rows, comma-separated (default: all the model takes)")
     parser.add_argument("--out", default=os.path.join(REPO, "out", "fidelity"))
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for ComfyUI's default GPU")
+    parser.add_argument("--batches", help="where each measured batch is kept, to resume a stopped run or to "
+                                          "split the rows over processes (default: OUT/batches/<weights' hash>)")
     args = parser.parse_args()
     import_comfy(cpu=args.device == "cpu")
     import_package()
@@ -284,10 +340,12 @@ def main():
     started = time.time()
     joint = detect_family(model.model).joint
     samplers = tuple(args.samplers.split(",")) if args.samplers else SAMPLERS + (JOINT_SAMPLERS if joint else ())
+    with open(weights, "rb") as f:
+        batches = args.batches or os.path.join(args.out, "batches", hashlib.sha1(f.read()).hexdigest()[:12])
     results, pictures = measure(model, clip, vae, pairs, seeds, args.images, samplers=samplers,
-                                scales=() if args.no_scale_curve else SCALE_CURVE)
+                                scales=() if args.no_scale_curve else SCALE_CURVE, batches=batches)
     if not args.no_single_shapes:
-        results["single_shapes"] = single_shapes(model, clip, vae, seeds, args.images, kinds=kinds)
+        results["single_shapes"] = single_shapes(model, clip, vae, seeds, args.images, kinds=kinds, batches=batches)
     results["settings"] = {"sampling": SAMPLING, "guidance": default_inputs(), "probe_factor": PROBE_FACTOR,
                            "boost": patch_inputs(), "damaged_background": DAMAGED_BACKGROUND,
                            "temperature": patch_inputs(AttendExciteAttentionTemperature) if joint else None,
@@ -298,7 +356,7 @@ def main():
     with open(os.path.join(args.out, "fidelity.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(args.out, "fidelity.md"), "w") as f:
-        f.write(tables(results) + "\n")
+        f.write(tables(results) + "\n\nThe README's table:\n\n" + readme_table(results) + "\n")
     shown = pairs[:: max(1, len(pairs) // 6)][:6]
     rows = [pictures[pair, name][:8] for pair in shown for name in GRID_ROWS if name in samplers]
     picture = (grid(rows) * 255).round().byte().permute(1, 2, 0).numpy()
