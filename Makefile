@@ -1,12 +1,16 @@
 # The two entry points of the README. Both build the test environment once
 # (a venv with ComfyUI 0.3.75, or the tree in COMFYUI_DIR) under .comfy/.
-.PHONY: example test test-core thumbnails benchmark gpu-check demo-model demo-model-joint fidelity fidelity-joint help-pages
+.PHONY: example test lint test-core thumbnails benchmark gpu-check demo-model demo-model-joint fidelity fidelity-joint help-pages
 
 example:
 	bash tests/harness/comfy_env.sh python tests/harness/run_example.py $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
 
-test:
+test: lint
 	bash tests/harness/comfy_env.sh python -m pytest -q -p no:cacheprovider
+
+# ruff with the rules in pyproject.toml (the Registry's checks, pyflakes, whitespace, line length).
+lint:
+	bash tests/harness/comfy_env.sh python -m ruff check --no-cache .
 
 # The pure-torch core's tests alone (tests/core): seconds, in a venv with torch and no ComfyUI.
 test-core:

@@ -88,9 +88,9 @@ FAMILIES = {
                    "comfy.text_encoders.qwen_image.te", {}, "qwen25_7b", dict(QWEN25, num_hidden_layers=2), 256, {}),
     "flux.2": ("Flux2", flux2_config, "comfy.text_encoders.flux.Flux2Tokenizer", "comfy.text_encoders.flux.flux2_te",
                {}, "mistral3_24b", dict(MISTRAL, num_hidden_layers=31), 3 * 256, {"guidance": 4.0}),
-    "flux.2 klein": ("Flux2", functools.partial(flux2_config, guidance=False), "comfy.text_encoders.flux.KleinTokenizer",
-                     "comfy.text_encoders.flux.klein_te", {"model_type": "qwen3_4b"}, "qwen3_4b",
-                     dict(QWEN3, num_hidden_layers=28), 3 * 256, {}),
+    "flux.2 klein": ("Flux2", functools.partial(flux2_config, guidance=False),
+                     "comfy.text_encoders.flux.KleinTokenizer", "comfy.text_encoders.flux.klein_te",
+                     {"model_type": "qwen3_4b"}, "qwen3_4b", dict(QWEN3, num_hidden_layers=28), 3 * 256, {}),
     "chroma": ("Chroma", chroma_config, "comfy.text_encoders.pixart_t5.PixArtTokenizer",
                "comfy.text_encoders.pixart_t5.pixart_te", {}, "t5xxl", T5, 64, {}),
 }

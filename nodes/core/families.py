@@ -91,7 +91,8 @@ QWEN_IMAGE = Family("Qwen-Image", ("QwenImage",), ("Wan21",), maps=JOINT_BLOCKS,
                     fast_pass=((20.43, 53.727, 166 * 166),))      # at 1328 px, its own size
 FLUX2 = Family("Flux.2", ("Flux2",), ("Flux2",), maps=JOINT_BLOCKS, blocks="double_blocks", context=PROMPT,
                flow=True, context_padded_left=True, pixels_per_cell=16,
-               fast_pass=((3.88, 4.396, 64 * 64), (9.08, 9.352, 64 * 64), (32.22, 13.958, 64 * 64)))  # Klein 4B, 9B, dev
+               # Klein 4B, Klein 9B, dev
+               fast_pass=((3.88, 4.396, 64 * 64), (9.08, 9.352, 64 * 64), (32.22, 13.958, 64 * 64)))
 CHROMA = Family("Chroma", ("Chroma",), ("Flux",), maps=JOINT_BLOCKS, blocks="double_blocks", context=T5, flow=True,
                 fast_pass=((8.9, 10.851, 128 * 128),))
 

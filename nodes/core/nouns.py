@@ -35,8 +35,9 @@ CONNECTORS = _set("and or but nor with of on in at by under over beside besides 
 AUXILIARIES = _set("is are was were be been being has have had do does did can could will would may might "
                    "there it they he she we i you them him")
 # Words that are never the subject: what the picture is, and how it is rendered.
-NON_SUBJECTS = _set("photo photograph photography still picture image painting drawing illustration render rendering sketch close up "
-                    "closeup portrait style view shot scene highly detailed very realistic photorealistic 4k 8k hd "
+NON_SUBJECTS = _set("photo photograph photography still picture image painting drawing illustration render "
+                    "rendering sketch close up closeup portrait style view shot scene highly detailed very realistic "
+                    "photorealistic 4k 8k hd "
                     "uhd high quality resolution masterpiece artwork art front top middle center centre distance "
                     "background foreground")
 # Quality, style, camera and resolution tags: a comma-separated tag made only of these (and

@@ -54,6 +54,7 @@ class AttentionRecord:
         return self.maps[index], f"step {self.logs[index].step + 1}"
 
     def to_json(self) -> str:
-        return json.dumps({"model": self.model, "loss": self.loss, "subjects": self.labels, "thresholds": {str(k): v for k, v in self.thresholds.items()},
+        return json.dumps({"model": self.model, "loss": self.loss, "subjects": self.labels,
+                           "thresholds": {str(k): v for k, v in self.thresholds.items()},
                            "guidance_pass": self.guidance_pass, "guidance_memory": self.guidance_memory,
                            "steps": [vars(log) for log in self.logs]})

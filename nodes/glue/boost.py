@@ -74,8 +74,9 @@ class AttentionBoost:
             if self.family.maps == JOINT_LAYERS:
                 # The single-stream layers' sequences of this call's conditionings (each padded text, then
                 # the padded image) -> their padded text's length; the main layers counted per sequence.
-                lengths = [single_stream_lengths(model.diffusion_model, entry["model_conds"]["c_crossattn"].cond.shape[1],
-                                                 x_in.shape) for group in conds if group for entry in group]
+                lengths = [single_stream_lengths(model.diffusion_model,
+                                                 entry["model_conds"]["c_crossattn"].cond.shape[1], x_in.shape)
+                           for group in conds if group for entry in group]
                 table.update(texts={joint: text for text, joint in lengths}, calls={})
             options = model_options.get("transformer_options", {})
             model_options = {**model_options, "transformer_options": {**options, self.key: table}}

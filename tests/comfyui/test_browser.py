@@ -75,7 +75,8 @@ def graph_clip(page, margin: int = 16) -> dict:
     return page.page.evaluate(f"""(margin) => {{ const app = {APP}; const ds = app.canvas.ds;
         const box = app.canvas.canvas.getBoundingClientRect(); const title = window.LiteGraph.NODE_TITLE_HEIGHT;
         const xs = [], ys = [];
-        for (const n of app.graph._nodes) {{ xs.push(n.pos[0], n.pos[0] + n.size[0]); ys.push(n.pos[1] - title, n.pos[1] + n.size[1]); }}
+        for (const n of app.graph._nodes) {{
+            xs.push(n.pos[0], n.pos[0] + n.size[0]); ys.push(n.pos[1] - title, n.pos[1] + n.size[1]); }}
         const left = Math.max(box.left, box.left + (Math.min(...xs) + ds.offset[0]) * ds.scale - margin);
         const top = Math.max(box.top, box.top + (Math.min(...ys) + ds.offset[1]) * ds.scale - margin);
         const right = Math.min(box.right, box.left + (Math.max(...xs) + ds.offset[0]) * ds.scale + margin);
@@ -229,14 +230,16 @@ def test_token_picker_follows_typing_and_clicks_write_subjects(ui):
     encoder = node_of(ui, "AttendExciteTextEncode")
     focus_node(ui, encoder)
     assert widget_values(ui, encoder)["subjects"] == ""
-    ui.page.wait_for_function("() => [...document.querySelectorAll('.ae-word')].some(c => c.textContent.startsWith('crown'))")
+    ui.page.wait_for_function("() => [...document.querySelectorAll('.ae-word')]"
+                              ".some(c => c.textContent.startsWith('crown'))")
     assert chips(ui)["crown"] == ["5", True, True]          # automatic subjects, marked as such
 
     editor = ui.page.evaluate_handle("""() => [...document.querySelectorAll("textarea")]
         .find(t => t.value === "a dog with a crown")""").as_element()
     editor.fill("")
     editor.type("a photo of a giraffe and a sombrero")
-    ui.page.wait_for_function("() => [...document.querySelectorAll('.ae-word')].some(c => c.textContent.startsWith('giraffe'))")
+    ui.page.wait_for_function("() => [...document.querySelectorAll('.ae-word')]"
+                              ".some(c => c.textContent.startsWith('giraffe'))")
     words = chips(ui)
     assert words["giraffe"] == ["5", True, True]
     sombrero = next(k for k in words if k.replace("|", "") == "sombrero")
@@ -248,7 +251,8 @@ def test_token_picker_follows_typing_and_clicks_write_subjects(ui):
         """Clicks a word's chip and waits until the picker shows the word chosen or not."""
         ui.page.locator(".ae-word", has_text=word).first.click()
         ui.page.wait_for_function("""([word, chosen]) => [...document.querySelectorAll('.ae-word')].some(c =>
-            c.offsetParent !== null && c.textContent.startsWith(word) && c.classList.contains('ae-chosen') === chosen)""",
+            c.offsetParent !== null && c.textContent.startsWith(word)
+            && c.classList.contains('ae-chosen') === chosen)""",
                                   arg=[word, chosen_after])
 
     click("giraffe", False)
@@ -283,7 +287,8 @@ def test_token_picker_reads_t5_columns_when_the_clip_comes_from_a_flux_text_enco
     drop_workflow(ui, REPO / "example_workflows" / "attend_and_excite_sd15_custom_sampler.json")
     encoder = node_of(ui, "AttendExciteTextEncode")
     focus_node(ui, encoder)
-    ui.page.wait_for_function("() => document.querySelector('.ae-tokens .ae-head')?.textContent.includes('CLIP tokens')")
+    ui.page.wait_for_function("() => document.querySelector('.ae-tokens .ae-head')"
+                              "?.textContent.includes('CLIP tokens')")
     assert chips(ui)["crown"][0] == "5"
     ui.page.evaluate(f"""(id) => {{ const app = {APP}; const encoder = app.graph.getNodeById(id);
         const loader = window.LiteGraph.createNode("DualCLIPLoader"); app.graph.add(loader);
@@ -323,8 +328,8 @@ PREVIEWS = {"attend_and_excite_sd15.json": ("AttendExciteKSampler", {
                 "AttendExciteKSampler": 2, "AttendExciteHeatmapOverlay": 2, "PreviewImage": 1, "SaveImage": 1}),
             "attend_and_excite_sd15_custom_sampler.json": ("AttendExciteHeatmaps", {
                 "AttendExciteHeatmaps": 2, "AttendExciteHeatmapOverlay": 2, "SaveImage": 1})}
-PREVIEWS["attend_and_excite_sdxl.json"] = PREVIEWS["attend_and_excite_sd35.json"] = PREVIEWS["attend_and_excite_sd15.json"]
-PREVIEWS["attend_and_excite_sd15_syngen.json"] = PREVIEWS["attend_and_excite_sd15.json"]
+for _name in ("sdxl", "sd35", "sd15_syngen"):
+    PREVIEWS[f"attend_and_excite_{_name}.json"] = PREVIEWS["attend_and_excite_sd15.json"]
 PREVIEWS["attend_and_excite_demo.json"] = ("AttendExciteKSampler", {     # four images
     "AttendExciteKSampler": 8, "AttendExciteHeatmapOverlay": 8, "PreviewImage": 4, "SaveImage": 4})
 PREVIEWS["attend_and_excite_demo_joint.json"] = PREVIEWS["attend_and_excite_demo.json"]
@@ -388,13 +393,14 @@ def test_queueing_the_example_shows_the_heatmaps_on_the_node(ui, server, mini_ch
     # (8.2 s), as it can on a busy machine while the server still runs the rest of the graph. Once
     # the run is over, the previews it gave up on are loaded again by its own loader, which a node
     # runs when it is drawn with other images than it last loaded.
-    ui.page.evaluate(f"""() => {{ for (const node of {APP}.graph._nodes) if (!node.imgs?.length) node.images = undefined;
+    ui.page.evaluate(f"""() => {{ for (const node of {APP}.graph._nodes)
+            if (!node.imgs?.length) node.images = undefined;
         {APP}.canvas.setDirty(true, true); }}""")
     shown = f"""() => {APP}.graph._nodes.map(n => [n.type,
         (n.imgs ?? []).filter(i => i.complete && i.naturalWidth > 0).length])"""
     try:
-        ui.page.wait_for_function(f"(counts) => ({shown})().every(([type, n]) => !(type in counts) || n === counts[type])",
-                                  arg=image_counts)
+        ui.page.wait_for_function(f"(counts) => ({shown})()"
+                                  ".every(([type, n]) => !(type in counts) || n === counts[type])", arg=image_counts)
     except PlaywrightTimeout:
         ui.screenshot(f"timeout-{path.stem}")
         loaded = [pair for pair in ui.page.evaluate(shown) if pair[0] in image_counts]

@@ -76,8 +76,8 @@ def test_other_models_are_refused_with_what_is_supported(config):
 
 
 def test_a_refused_model_stops_sampling_before_any_step():
-    refiner = dict(support.TINY_UNET, model_channels=64, context_dim=1280, adm_in_channels=2560, num_classes="sequential",
-                   use_linear_in_transformer=True)
+    refiner = dict(support.TINY_UNET, model_channels=64, context_dim=1280, adm_in_channels=2560,
+                   num_classes="sequential", use_linear_in_transformer=True)
     model = support.tiny_model(config=refiner, family="SDXLRefiner")
     extra = {"pooled_output": torch.randn(1, 1280)}
     positive = support.random_conditioning(1, context_dim=1280, **extra, **support.SUBJECTS)

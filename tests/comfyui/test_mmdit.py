@@ -145,7 +145,8 @@ def test_the_flow_step_equals_a_step_on_the_unit_scale_latent():
     x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(5))
     scale = ((1 - sigma) ** 2 + sigma ** 2) ** 0.5
     with autograd_weights(guidance.modules), torch.inference_mode(False), torch.enable_grad():
-        ours = x - schedule.step_size(0, sigma) * guidance.evaluate(x, torch.tensor([sigma]), model.model_options).gradient()
+        gradient = guidance.evaluate(x, torch.tensor([sigma]), model.model_options).gradient()
+        ours = x - schedule.step_size(0, sigma) * gradient
         z = (x / scale).requires_grad_(True)
         loss = guidance.forward(z * scale, torch.tensor([sigma]))[0].loss
         (grad_z,) = torch.autograd.grad(loss.sum(), z)

@@ -101,7 +101,8 @@ def test_ksampler_node_zero_scale_equals_stock_and_logs(cat_and_frog):
     positive, negative = cat_and_frog
     with torch.inference_mode():
         off = named(AttendExciteKSampler, AttendExciteKSampler.execute(
-            model, 3, 10, 6.0, "dpmpp_2m", "karras", positive, negative, latent, 1.0, **dict(GUIDANCE, scale_factor=0.0)))
+            model, 3, 10, 6.0, "dpmpp_2m", "karras", positive, negative, latent, 1.0,
+            **dict(GUIDANCE, scale_factor=0.0)))
         stock = nodes.common_ksampler(model, 3, 10, 6.0, "dpmpp_2m", "karras", positive, negative, latent)[0]
         on = named(AttendExciteKSampler, AttendExciteKSampler.execute(
             model, 3, 10, 6.0, "dpmpp_2m", "karras", positive, negative, latent, 1.0, **GUIDANCE))

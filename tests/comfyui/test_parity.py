@@ -57,7 +57,8 @@ def shared():
     comfy_model = comfy.supported_models.SD15(dict(UNET_CONFIG)).get_model({})
     key_map = comfy.utils.unet_to_diffusers(UNET_CONFIG)
     diffusers_state = unet.state_dict()
-    comfy_state = {comfy_key: diffusers_state[d_key] for d_key, comfy_key in key_map.items() if d_key in diffusers_state}
+    comfy_state = {comfy_key: diffusers_state[d_key] for d_key, comfy_key in key_map.items()
+                   if d_key in diffusers_state}
     missing, unexpected = comfy_model.diffusion_model.load_state_dict(comfy_state, strict=False)
     assert not missing and not unexpected
     patcher = comfy.model_patcher.ModelPatcher(comfy_model, load_device=torch.device("cpu"),

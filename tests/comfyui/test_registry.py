@@ -61,6 +61,17 @@ def test_the_security_check_sees_what_it_forbids(tmp_path):
     assert all(rule in done.stdout for rule in VALIDATE_RULES.split(",")), done.stdout
 
 
+def test_make_test_lints_the_tree_with_the_registry_rules():
+    """`make test` runs `make lint` first, and its ruff configuration keeps every rule the Registry asks for."""
+    import tomllib
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        selected = tomllib.load(f)["tool"]["ruff"]["lint"]["select"]
+    assert set(VALIDATE_RULES.split(",")) <= set(selected) and "F" in selected
+    with open(os.path.join(REPO, "Makefile")) as f:
+        makefile = f.read()
+    assert re.search(r"^test: lint$", makefile, re.M) and re.search(r"^lint:\n\t.*ruff check", makefile, re.M)
+
+
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory, config):
     """The archive comfy-cli builds from this checkout (git's files less .comfyignore)."""

@@ -28,11 +28,13 @@ def test_package_imports_and_lists_its_nodes(server, object_info):
     for node_id in NODE_IDS:
         info = object_info[node_id]
         assert info["category"] == "sampling/attend_and_excite" and info["python_module"].startswith("custom_nodes.")
-    assert object_info["AttendExciteKSampler"]["output"] == ["LATENT", "IMAGE", "IMAGE", "AE_ATTENTION", "STRING", "MASK"]
+    assert object_info["AttendExciteKSampler"]["output"] == ["LATENT", "IMAGE", "IMAGE", "AE_ATTENTION", "STRING",
+                                                             "MASK"]
     assert object_info["AttendExciteHeatmaps"]["output"] == ["IMAGE", "IMAGE", "STRING", "MASK"]
     assert object_info["AttendExciteSampler"]["output"] == ["SAMPLER", "AE_ATTENTION"]
     assert object_info["AttendExciteDemoModelLoader"]["output"] == ["MODEL", "CLIP", "VAE"]
-    assert object_info["AttendExciteHeatmaps"]["output_node"] and object_info["AttendExciteHeatmapOverlay"]["output_node"]
+    assert object_info["AttendExciteHeatmaps"]["output_node"]
+    assert object_info["AttendExciteHeatmapOverlay"]["output_node"]
 
 
 def test_examples_are_listed_as_templates_with_thumbnails(server):
@@ -262,7 +264,8 @@ def test_tokenize_route_resolves_the_subjects_field_as_the_node_does(server):
 
 
 @pytest.mark.parametrize("body, status", [(b"{not json", 400), (b'{"text": 5}', 400), (b"{}", 400), (b"[1]", 400),
-                                          (b'{"text": "a", "subjects": 3}', 400), (b'{"text": "a", "encoder": "g"}', 400),
+                                          (b'{"text": "a", "subjects": 3}', 400),
+                                          (b'{"text": "a", "encoder": "g"}', 400),
                                           (b'{"text": "' + b"a" * 70000 + b'"}', 413)])
 def test_tokenize_route_rejects_bad_bodies(server, body, status):
     import urllib.error

@@ -79,7 +79,8 @@ def note_of(workflow) -> str:
 
 def test_templates_keep_the_node_defaults_unless_their_note_says_why():
     found = differences()
-    assert set(found) == set(INTENDED), f"unexplained: {set(found) - set(INTENDED)}; stale: {set(INTENDED) - set(found)}"
+    assert set(found) == set(INTENDED), \
+        f"unexplained: {set(found) - set(INTENDED)}; stale: {set(INTENDED) - set(found)}"
     notes = dict((name, note_of(workflow)) for name, workflow in template_nodes())
     for template, _, item in INTENDED:
         assert f"{item}" in notes[template], f"{template}'s note does not say why {item} differs"

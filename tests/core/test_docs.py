@@ -163,7 +163,8 @@ def user_texts() -> list[tuple[str, str]]:
     import json
     texts = [(p.name, p.read_text(encoding="utf-8")) for p in sorted((ROOT / "js" / "docs").glob("AttendExcite*.md"))]
     for path in sorted((ROOT / "example_workflows").glob("*.json")):
-        notes = [n["widgets_values"][0] for n in json.loads(path.read_text())["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+        notes = [n["widgets_values"][0] for n in json.loads(path.read_text())["nodes"]
+                 if n["type"] in ("Note", "MarkdownNote")]
         texts.append((path.name, "\n".join(notes)))
     return texts
 

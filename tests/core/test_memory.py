@@ -21,7 +21,8 @@ def test_auto_takes_lean_where_the_fast_pass_and_the_reserve_exceed_the_free_mem
 
 
 def test_auto_is_fast_on_the_cpu_or_without_an_estimate_and_a_choice_is_kept():
-    assert choose_pass("auto", True, 0, 3.88 * GIB, GIB) == ("fast", "on the CPU the fast pass's memory is ordinary RAM")
+    assert choose_pass("auto", True, 0, 3.88 * GIB, GIB) == ("fast",
+                                                             "on the CPU the fast pass's memory is ordinary RAM")
     assert choose_pass("auto", False, 0, None, GIB) == ("fast", "no memory estimate for this model")
     assert choose_pass("lean", True, 0, None, GIB) == ("lean", "")
     assert choose_pass("fast", False, 0, 100 * GIB, GIB) == ("fast", "")

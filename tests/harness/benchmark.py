@@ -59,8 +59,8 @@ FAMILY_CONFIGS = ["plain KSampler", "A&E, no refinement", "A&E, default threshol
 GRADIENT_FREE_CONFIGS = ["attention boost (KSampler)", "attention temperature (KSampler)"]   # joint attention's
 SHAPE_CONFIGS = {"sd15": [n for n in list(CONFIGS) + list(GPU_CONFIGS) if "temperature" not in n],
                  "sdxl": MEMORY_CONFIGS, "flux": FAMILY_CONFIGS + GRADIENT_FREE_CONFIGS,
-                 "zimage": FAMILY_CONFIGS + GRADIENT_FREE_CONFIGS, "qwen_image": FAMILY_CONFIGS, "flux2": FAMILY_CONFIGS,
-                 "chroma": FAMILY_CONFIGS}
+                 "zimage": FAMILY_CONFIGS + GRADIENT_FREE_CONFIGS, "qwen_image": FAMILY_CONFIGS,
+                 "flux2": FAMILY_CONFIGS, "chroma": FAMILY_CONFIGS}
 # The families behind an LLM text encoder: 77 random context columns, "cat" and "frog" at 2 and 5, the
 # prompt's words at 1-6 (what 'CLIP Text Encode (Attend-and-Excite)' attaches).
 PROMPT_SUBJECTS = {"attend_excite": {"subjects": [[2], [5]], "labels": ["cat", "frog"], "end_columns": [],
@@ -119,8 +119,8 @@ def shape(name: str, cuda: bool) -> dict:
         return dict(unet_shape, family="SDXL", unet=dict(SDXL_TOPOLOGY, model_channels=64), width=64, context=2048,
                     size=512, steps=10, dtype=torch.float32, extra={"pooled_output": torch.randn(1, 1280)})
     if cuda:
-        return dict(unet_shape, family="SD15", width=320, context=768, size=512, steps=50, dtype=torch.float16, extra={},
-                    unet=dict(SD15_TOPOLOGY, model_channels=320, context_dim=768, dtype=torch.float16))
+        return dict(unet_shape, family="SD15", width=320, context=768, size=512, steps=50, dtype=torch.float16,
+                    extra={}, unet=dict(SD15_TOPOLOGY, model_channels=320, context_dim=768, dtype=torch.float16))
     return dict(unet_shape, family="SD15", unet=dict(SD15_TOPOLOGY, model_channels=64, context_dim=768), width=64,
                 context=768, size=256, steps=20, dtype=torch.float32, extra={})
 
@@ -193,7 +193,8 @@ def run_configs(names: list[str], shape_name: str) -> dict:
     support.import_package()
     import comfy.utils
     import nodes
-    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, AttendExciteAttentionTemperature, default_inputs
+    from attend_and_excite.nodes.boost import (AttendExciteAttentionBoost, AttendExciteAttentionTemperature,
+                                               default_inputs)
     from attend_and_excite.nodes.glue.capture import EAGER_VARIABLE
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
     from attend_and_excite.nodes.parameters import default_inputs as guided_inputs
@@ -260,8 +261,8 @@ def pass_costs(model, setup, positive, negative, latent) -> dict:
         nodes.common_ksampler(model, SEED, PROFILED_STEPS, setup["cfg"], SAMPLER, "normal", positive, negative, latent)
 
     def guided():
-        AttendExciteKSampler.execute(model, SEED, PROFILED_STEPS, setup["cfg"], SAMPLER, "normal", positive, negative, latent,
-                                     1.0, **every_step)
+        AttendExciteKSampler.execute(model, SEED, PROFILED_STEPS, setup["cfg"], SAMPLER, "normal", positive, negative,
+                                     latent, 1.0, **every_step)
 
     def costs(run):
         with torch.inference_mode():

@@ -252,7 +252,8 @@ def flux2():
         key_map.update({f"transformer_blocks.{n}.{theirs}.weight": f"double_blocks.{n}.{ours}.weight"
                         for theirs, ours in renames.items()})
     for n in range(config["depth_single_blocks"]):
-        key_map.update({f"single_transformer_blocks.{n}.attn.{theirs}": f"single_blocks.{n}.{ours}" for theirs, ours in (
+        key_map.update({f"single_transformer_blocks.{n}.attn.{theirs}": f"single_blocks.{n}.{ours}"
+                        for theirs, ours in (
             ("to_qkv_mlp_proj.weight", "linear1.weight"), ("to_out.weight", "linear2.weight"),
             ("norm_q.weight", "norm.query_norm.scale"), ("norm_k.weight", "norm.key_norm.scale"))})
     key_map.update({f"{theirs}.linear.weight": f"{theirs}.lin.weight" for theirs in (

@@ -79,8 +79,8 @@ def focus_flux(torch, x, context, pooled):
     image_ids[..., 2] += torch.arange(w // 2)[None, :]
     with torch.no_grad():
         model(hidden_states=packed, encoder_hidden_states=context, pooled_projections=pooled,
-              timestep=torch.tensor([SIGMA]), img_ids=image_ids.reshape(-1, 3), txt_ids=torch.zeros(context.shape[1], 3),
-              guidance=torch.tensor([3.5]))
+              timestep=torch.tensor([SIGMA]), img_ids=image_ids.reshape(-1, 3),
+              txt_ids=torch.zeros(context.shape[1], 3), guidance=torch.tensor([3.5]))
     maps = torch.stack(saved).mean(dim=0).transpose(-1, -2)        # (B, h*w, T)
     return model, maps.reshape(b, h // 2, w // 2, -1)
 
@@ -105,7 +105,8 @@ def package_maps(torch, name, diffusers_model, x, context, pooled):
     base = patcher.model
     family = detect_family(base)
     recorder = recorder_for(base.diffusion_model, family, None)
-    entry = {"model_conds": base.extra_conds(cross_attn=context, device=torch.device("cpu"), **extra), "uuid": "positive"}
+    entry = {"model_conds": base.extra_conds(cross_attn=context, device=torch.device("cpu"), **extra),
+             "uuid": "positive"}
     guidance = GuidancePass(base, entry, [[2]], family.kept(context.shape[1], [7]), recorder, 3, 0.5)
     base.current_patcher = patcher
     taken = []

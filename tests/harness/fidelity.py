@@ -72,9 +72,11 @@ def sampler_model(model, sampler: str, subjects: str):
     PROBE_FACTOR and renormalises, the boost is the node at its defaults (the document's rule);
     both in every cross-attention layer (joint attention: the map blocks), on the positive prompt's
     rows. The temperature is its node at its defaults."""
-    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, AttendExciteAttentionTemperature, default_inputs
+    from attend_and_excite.nodes.boost import (AttendExciteAttentionBoost, AttendExciteAttentionTemperature,
+                                               default_inputs)
     if sampler == "temperature":
-        return AttendExciteAttentionTemperature.execute(model, **default_inputs(AttendExciteAttentionTemperature)).result[0]
+        temperature = default_inputs(AttendExciteAttentionTemperature)
+        return AttendExciteAttentionTemperature.execute(model, **temperature).result[0]
     inputs = default_inputs()
     if sampler == "probe":
         inputs.update(alpha=PROBE_FACTOR, beta=1.0, renormalise=True, token_indices=subjects)
@@ -189,7 +191,8 @@ def single_shapes(model, clip, vae, seeds: list[int], images_per_seed: int, samp
 def patch_settings() -> dict:
     """What the patched rows run besides the model: the probe's factor, the patch nodes' defaults."""
     from attend_and_excite.nodes.boost import AttendExciteAttentionTemperature, default_inputs
-    return {"probe": PROBE_FACTOR, "boost": default_inputs(), "temperature": default_inputs(AttendExciteAttentionTemperature)}
+    return {"probe": PROBE_FACTOR, "boost": default_inputs(),
+            "temperature": default_inputs(AttendExciteAttentionTemperature)}
 
 
 def scored_batch(model, clip, vae, pair: tuple, seed: int, images_per_seed: int, name: str, sampling, guidance,

@@ -120,7 +120,8 @@ class Build:
     def __init__(self, shape: str, size: int, batch: int):
         family, config_class, config, dtype, _, tokens, context_width, pooled = SHAPES[shape]
         self.shape, self.dtype = shape, dtype
-        model_config = getattr(comfy.supported_models, config_class)(support.for_this_comfyui(dict(config, dtype=dtype)))
+        this_comfyui = support.for_this_comfyui(dict(config, dtype=dtype))
+        model_config = getattr(comfy.supported_models, config_class)(this_comfyui)
         self.model = model_config.get_model({}, device="meta").diffusion_model
         for p in self.model.parameters():
             p.requires_grad_(False)

@@ -64,7 +64,8 @@ def table(works: list[str]) -> str:
                 gain = line["gain"]
                 auc = "-" if line["presence_auc"] is None else f"{line['presence_auc']:.2f}"
                 rows.append(f"| {os.path.basename(work.rstrip('/'))} | {line['step']} | "
-                            f"{100 * line['singles_as_asked']:.0f}% ({kinds}) | {100 * line['plain_both_kinds']:.0f}% / "
+                            f"{100 * line['singles_as_asked']:.0f}% ({kinds}) | "
+                            f"{100 * line['plain_both_kinds']:.0f}% / "
                             f"{100 * line['plain_damaged']:.0f}% | {100 * line['ae_both_kinds']:.0f}% / "
                             f"{100 * line['ae_damaged']:.0f}% | {100 * gain['rate']:+.0f} [{100 * gain['low']:+.0f}, "
                             f"{100 * gain['high']:+.0f}] | {auc} |")
@@ -105,7 +106,8 @@ def main():
             os.path.join(args.work, "screen", name.replace(".safetensors", ".png")))
         print(f"step {step}: singles {figures['singles_as_asked']:.0%} {figures['singles_by_kind']}, plain both "
               f"{figures['plain_both_kinds']:.0%} (damaged {figures['plain_damaged']:.0%}), A&E both "
-              f"{figures['ae_both_kinds']:.0%} (damaged {figures['ae_damaged']:.0%}), gain {figures['gain']['rate']:+.0%} "
+              f"{figures['ae_both_kinds']:.0%} (damaged {figures['ae_damaged']:.0%}), "
+              f"gain {figures['gain']['rate']:+.0%} "
               f"[{figures['gain']['low']:+.0%}, {figures['gain']['high']:+.0%}], AUC {figures['presence_auc']}, "
               f"{line['seconds']} s", flush=True)
 
