@@ -2,6 +2,7 @@
 with is on the troubleshooting page, every path, make target and node the README names exists,
 and every help page's links land on an entry of that page."""
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -212,23 +213,55 @@ def test_the_readme_is_short():
     assert len(readme().splitlines()) <= 250
 
 
-def test_every_path_the_readme_names_exists():
-    text = readme()
+def missing_paths(text: str) -> tuple[int, list[str]]:
+    """(how many repository paths the text names, those that do not exist)."""
     named = set(re.findall(r"`([\w./-]+/[\w./-]*|[\w-]+\.(?:json|py|md|toml|txt|jpg|safetensors))`", text))
     named |= {link for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text)}
     written = {".comfy/"}     # made by the commands
     checkpoints = {n for n in named if n.endswith(".safetensors") and not n.startswith("nodes/")}
-    missing = sorted(n for n in named - written - checkpoints
-                     if not n.startswith(("out/", "/", "http")) and not (ROOT / n).exists()
-                     and not (ROOT / "example_workflows" / n).exists())
-    assert len(named) > 15 and missing == []
+    return len(named), sorted(n for n in named - written - checkpoints
+                              if not n.startswith(("out/", "/", "http")) and not (ROOT / n).exists()
+                              and not ("/" not in n and n in shipped_file_names()))
+
+
+@functools.cache
+def shipped_file_names() -> set[str]:
+    """The file names under the package's and the tests' folders: a table row may name a file of its folder
+    by its bare name."""
+    return {p.name for folder in ("nodes", "js", "tests", "example_workflows") for p in (ROOT / folder).rglob("*")}
+
+
+def unknown_targets(text: str) -> tuple[set, set]:
+    """(the make targets the text names, those the Makefile lacks)."""
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    used = set(re.findall(r"make ([a-z][\w-]*)", text))
+    return used, used - targets
+
+
+def test_every_path_the_readme_names_exists():
+    named, missing = missing_paths(readme())
+    assert named > 15 and missing == []
+
+
+def test_the_contributors_guide_names_only_files_and_targets_that_exist():
+    """The newcomer's path: the README points to CONTRIBUTING.md, whose paths and commands are real."""
+    guide = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    assert "](CONTRIBUTING.md)" in readme()
+    named, missing = missing_paths(guide)
+    used, unknown = unknown_targets(guide)
+    assert named > 30 and missing == [] and len(used) > 8 and unknown == set()
+    assert 100 <= len(guide.splitlines()) <= 250
+
+
+def test_a_stale_path_or_target_in_the_guide_is_found():
+    assert missing_paths("see `nodes/core/no_such_file.py`")[1] == ["nodes/core/no_such_file.py"]
+    assert unknown_targets("run `make no-such-target`")[1] == {"no-such-target"}
 
 
 def test_every_make_target_and_node_the_readme_names_exists():
     text = readme()
-    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
-    used = set(re.findall(r"make ([a-z][\w-]*)", text))
-    assert used and used <= targets, used - targets
+    used, unknown = unknown_targets(text)
+    assert used and unknown == set()
     ids = set(re.findall(r"`(AttendExcite\w+)`", text))
     assert ids == node_ids()
     displays = set(re.findall(r'display_name="([^"]+)"', "".join(p.read_text() for p in (ROOT / "nodes").glob("*.py"))))
