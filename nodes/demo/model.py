@@ -3,12 +3,15 @@ shapes captioned with their kinds (shapes.py), each an SD1 CLIP text model with 
 tokenizer and a KL autoencoder around a diffusion model: a UNet from ComfyUI's SD15 config
 (cross-attention), or, the joint-attention demo, ComfyUI's own Flux class at a tiny width (image and
 text tokens in one softmax, as SD3, Flux, Qwen-Image and Z-Image attend)."""
+import dataclasses
 import json
 import os
+import re
 
 import torch
 
 import comfy.latent_formats
+import comfy.ldm.flux.model
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
@@ -70,8 +73,15 @@ def build_unet(dtype=torch.float32, unet=UNET):
     return config.get_model({})
 
 
+NORM_WEIGHT = re.compile(r"_norm\.weight$")
+# Flux parameters that newer ComfyUI requires and 0.3.75 lacks, at the values that give Flux.1's model (the
+# one the joint demo was trained as): no text-position axis counts the text tokens.
+FLUX1_NEWER_PARAMS = {"txt_ids_dims": []}
+
+
 def build_joint(dtype=torch.float32, joint=JOINT):
-    config = AttendExciteJointShapesDemo(dict(joint))
+    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+    config = AttendExciteJointShapesDemo({**{k: v for k, v in FLUX1_NEWER_PARAMS.items() if k in fields}, **joint})
     config.set_inference_dtype(dtype, None)
     return config.get_model({})
 
@@ -89,8 +99,10 @@ def vae_model(vae=VAE):
 
 def pack(unet: torch.nn.Module, clip_model: torch.nn.Module, vae: torch.nn.Module, used_tokens: list[int],
          dtype=torch.float16) -> dict:
-    """The shipped state dict: all three models in `dtype`, the token table as its used rows."""
-    state = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
+    """The shipped state dict: all three models in `dtype`, the token table as its used rows; Flux's RMSNorm
+    scales under the names of the Flux checkpoints ComfyUI reads on every version (newer ComfyUI names them
+    "weight" in the model and renames them on loading)."""
+    state = {UNET_PREFIX + NORM_WEIGHT.sub("_norm.scale", k): v for k, v in unet.state_dict().items()}
     state.update({TEXT_PREFIX + k: v for k, v in clip_model.state_dict().items()})
     state.update({VAE_PREFIX + k: v for k, v in vae.state_dict().items()})
     rows = torch.tensor(sorted(used_tokens))
@@ -133,7 +145,8 @@ def load(path: str = WEIGHTS):
         model = build_joint(unet_dtype, json.loads(metadata["joint"]))
     else:
         model = build_unet(unet_dtype, json.loads(metadata.get("unet", "null")) or UNET)
-    model.diffusion_model.load_state_dict(unpack(state, UNET_PREFIX))
+    # ComfyUI's own renames for the model's class (newer ComfyUI calls Flux's RMSNorm scales "weight")
+    model.diffusion_model.load_state_dict(model.model_config.process_unet_state_dict(unpack(state, UNET_PREFIX)))
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device,
                                                offload_device=comfy.model_management.unet_offload_device())
     clip = build_clip()

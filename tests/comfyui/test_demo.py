@@ -257,3 +257,17 @@ def test_a_stopped_benchmark_resumes_from_its_kept_batches(demo, tmp_path):
     batch["scores"] = [dict(s, kinds=[True, True], extra=0, unflat_background=0.0) for s in batch["scores"]]
     torch.save(batch, kept)
     assert run()[0]["per_batch"][0]["plain"] == {"both_kinds": 2, "exact": 2, "damaged": 0}
+
+
+def test_the_joint_weights_pack_under_the_names_every_comfyui_reads(joint_demo):
+    """Newer ComfyUI names Flux's RMSNorm scales "weight" in the model (and renames "scale" on loading):
+    packing the loaded model again gives the shipped file's names, so weights trained on any tree load on
+    every tree."""
+    from safetensors import safe_open
+    model, clip, vae = joint_demo
+    with safe_open(demo_model.JOINT_WEIGHTS, "pt") as f:
+        shipped = set(f.keys())
+        rows = f.get_tensor(demo_model.TOKEN_ROWS).tolist()
+    packed = demo_model.pack(model.model.diffusion_model, clip.cond_stage_model, vae.first_stage_model, rows)
+    assert set(packed) == shipped
+    assert any(k.endswith("query_norm.scale") for k in packed)
