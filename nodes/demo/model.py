@@ -73,7 +73,7 @@ def build_unet(dtype=torch.float32, unet=UNET):
     return config.get_model({})
 
 
-NORM_WEIGHT = re.compile(r"_norm\.weight$")
+NORM_WEIGHT = r"_norm\.weight$"
 # Flux parameters that newer ComfyUI requires and 0.3.75 lacks, at the values that give Flux.1's model (the
 # one the joint demo was trained as): no text-position axis counts the text tokens.
 FLUX1_NEWER_PARAMS = {"txt_ids_dims": []}
@@ -102,7 +102,7 @@ def pack(unet: torch.nn.Module, clip_model: torch.nn.Module, vae: torch.nn.Modul
     """The shipped state dict: all three models in `dtype`, the token table as its used rows; Flux's RMSNorm
     scales under the names of the Flux checkpoints ComfyUI reads on every version (newer ComfyUI names them
     "weight" in the model and renames them on loading)."""
-    state = {UNET_PREFIX + NORM_WEIGHT.sub("_norm.scale", k): v for k, v in unet.state_dict().items()}
+    state = {UNET_PREFIX + re.sub(NORM_WEIGHT, "_norm.scale", k): v for k, v in unet.state_dict().items()}
     state.update({TEXT_PREFIX + k: v for k, v in clip_model.state_dict().items()})
     state.update({VAE_PREFIX + k: v for k, v in vae.state_dict().items()})
     rows = torch.tensor(sorted(used_tokens))
