@@ -3,6 +3,7 @@ with is on the troubleshooting page, every path, make target and node the README
 and every help page's links land on an entry of that page."""
 import ast
 import functools
+import json
 import re
 from pathlib import Path
 
@@ -267,3 +268,33 @@ def test_every_make_target_and_node_the_readme_names_exists():
     displays = set(re.findall(r'display_name="([^"]+)"', "".join(p.read_text() for p in (ROOT / "nodes").glob("*.py"))))
     for name in re.findall(r"\*\*([^*]+)\*\* \(`AttendExcite", text):
         assert name in displays, name
+
+
+DEVELOPER_PAGES = ["CONTRIBUTING.md", "docs/design.md", "tests/README.md"]
+COMMIT_OR_DATE = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b|\b20\d\d-\d\d-\d\d\b")
+
+
+def diary(text: str) -> list[str]:
+    """Commit hashes and dates in prose; the generated figures' blocks carry their run's date and are left out."""
+    prose = re.sub(r"<!-- figures: .*?<!-- end of figures -->", "", text, flags=re.S)
+    return COMMIT_OR_DATE.findall(prose)
+
+
+def test_the_developer_pages_keep_no_diary_and_show_the_published_runs():
+    """Current state in prose, history in git: no commit hash or date outside the figures, whose tables are
+    what the benchmark writes from the runs in docs/figures/ (each with its machine, date and code)."""
+    from harness.benchmark import figures_blocks
+    for page in DEVELOPER_PAGES:
+        assert diary((ROOT / page).read_text(encoding="utf-8")) == [], page
+    design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    blocks = figures_blocks()
+    assert blocks.count("<!-- figures:") >= 3 and blocks in design
+    for path in sorted((ROOT / "docs" / "figures").glob("*.json")) + sorted((ROOT / "js" / "docs").glob("*.json")):
+        run = json.loads(path.read_text())["run"]
+        assert {"machine", "date", "package_version", "commit"} <= set(run), path.name
+    assert len((ROOT / "tests" / "README.md").read_text().splitlines()) <= 250
+
+
+def test_a_commit_or_date_in_prose_is_found():
+    assert diary("measured at 4fe4245 on 2026-12-03") == ["4fe4245", "2026-12-03"]
+    assert diary("<!-- figures: x -->\nH200, 2026-11-30\n<!-- end of figures -->\n276 prompts, seed 1234567") == []

@@ -13,7 +13,9 @@ AE_REFERENCE_SCRIPT), the diffusers reference script in the same call for the re
 one it says so and runs the package alone. On the CPU: a small SD1.x-topology model at 256 px, 20 steps,
 fp32, so that it finishes in minutes, and SDXL's topology at width 64, 512 px, 10 steps (the fast and lean
 passes' time and peak RSS). Both: a small Flux.1 dev (see shape()). guidance_memory is fast (auto on the
-CPU) unless a row says lean. Writes result.json and table.md to the output folder and prints the tables.
+CPU) unless a row says lean. Writes result.json (the figures, with the machine, date and code under "run")
+and table.md to the output folder and prints the tables. A run the docs show is copied to docs/figures/
+(benchmark_*.json); docs/design.md carries its tables as table() writes them.
 """
 import argparse
 import contextlib
@@ -27,6 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from harness.provenance import run_record  # noqa: E402
 from harness.server import REPO  # noqa: E402
 
 CONFIGS = {  # name -> (sampler, changes): to the paper's settings for "guided", to a patch node's otherwise
@@ -329,14 +332,14 @@ def run_in_process(names: list[str], shape_name: str) -> dict:
 
 def table(results: dict) -> str:
     first = next(iter(results.values()))
-    lines = [f"device: {first['device']}; shape: {json.dumps(first['shape'])}", "",
+    lines = [f"shape: {json.dumps(first['shape'])}", "",
              "| configuration | s / image | x plain (same batch) | peak GiB (GPU allocated) | peak RSS GiB | "
              "guidance pass |", "|---|---|---|---|---|---|"]
     for name, row in results.items():
         plain = results["plain KSampler" + (", batch 4" if row["shape"]["batch"] == 4 else "")]["seconds"]
-        gpu = f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "-"
-        lines.append(f"| {name} | {row['seconds']:.2f} | {row['seconds'] / plain:.2f} | {gpu} | "
-                     f"{row['peak_rss_gib']:.2f} | {row['guidance_pass'] or '-'} |")
+        gpu, rss = (f"{row[key]:.2f}" if row[key] is not None else "-" for key in ("peak_gib", "peak_rss_gib"))
+        lines.append(f"| {name} | {row['seconds']:.2f} | {row['seconds'] / plain:.2f} | {gpu} | {rss} | "
+                     f"{row['guidance_pass'] or '-'} |")
     for name, row in results.items():
         for mode, cost in row.get("pass_costs", {}).items():
             lines.append(f"\nOne guidance pass ({mode}; {PROFILED_STEPS} steps all guided, minus plain sampling, per "
@@ -349,6 +352,44 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def tables(figures: dict) -> str:
+    """A run's tables under a line that says where and with what code they were measured."""
+    run = figures["run"]
+    text = (f"{run['machine']}, {run['date']}; package {run['package_version']}, ComfyUI {run['comfyui']}, "
+            f"torch {run['torch']}.\n\n" + "\n\n".join(table(rows) for rows in figures["results"].values()))
+    if figures.get("reference"):
+        text += "\n\nReference (diffusers, same call):\n\n" + figures["reference"]
+    return text
+
+
+FIGURES = os.path.join(REPO, "docs", "figures")
+DESIGN = os.path.join(REPO, "docs", "design.md")
+FIGURES_MARK = "<!-- figures: {} (written by tests/harness/benchmark.py --docs) -->"
+END_MARK = "<!-- end of figures -->"
+
+
+def figures_blocks() -> str:
+    """The tables of every published run, newest first, each between markers that name its file."""
+    runs = []
+    for name in sorted(os.listdir(FIGURES)):
+        if name.startswith("benchmark_") and name.endswith(".json"):
+            with open(os.path.join(FIGURES, name), encoding="utf-8") as f:
+                runs.append((name, json.load(f)))
+    runs.sort(key=lambda run: run[1]["run"]["date"], reverse=True)
+    return "\n\n".join(f"{FIGURES_MARK.format('docs/figures/' + name)}\n{tables(figures)}\n{END_MARK}"
+                         for name, figures in runs)
+
+
+def write_docs():
+    """docs/design.md's figures rewritten from docs/figures/: everything from the first figures mark to
+    the last end mark."""
+    with open(DESIGN, encoding="utf-8") as f:
+        text = f.read()
+    start, end = text.index(FIGURES_MARK.split("{}")[0]), text.rindex(END_MARK) + len(END_MARK)
+    with open(DESIGN, "w", encoding="utf-8") as f:
+        f.write(text[:start] + figures_blocks() + text[end:])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action="append", choices=list(CONFIGS) + list(GPU_CONFIGS),
@@ -356,10 +397,15 @@ def main():
     parser.add_argument("--shape", choices=list(SHAPE_CONFIGS),
                         help="one shape only (default: every one)")
     parser.add_argument("--out", default=os.path.join(REPO, "out", "benchmark"))
+    parser.add_argument("--docs", action="store_true",
+                        help="rewrite docs/design.md's tables from the runs in docs/figures/ and stop")
     parser.add_argument("--reference", default=os.environ.get("AE_REFERENCE_SCRIPT"),
                         help="a script that measures the diffusers reference (it prints its table); run on a GPU "
                              "only, in the same call (default: $AE_REFERENCE_SCRIPT; none: the package alone)")
     args = parser.parse_args()
+    if args.docs:
+        write_docs()
+        return
     if args.config:
         print(json.dumps(run_configs(args.config, args.shape or "sd15")))
         return
@@ -383,11 +429,10 @@ def main():
                               env={**os.environ, "OUT": args.out})
         reference = done.stdout.strip() if done.returncode == 0 else f"failed: {done.stderr[-2000:]}"
     os.makedirs(args.out, exist_ok=True)
+    figures = {"run": run_record(), "results": results, "reference": reference}
     with open(os.path.join(args.out, "result.json"), "w") as f:
-        json.dump({"results": results, "reference": reference}, f, indent=1)
-    text = "\n\n".join(table(rows) for rows in results.values())
-    if reference:
-        text += f"\n\nReference (diffusers, {os.path.basename(args.reference)}, same call):\n\n" + reference
+        json.dump(figures, f, indent=1)
+    text = tables(figures)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text + "\n")
     print(text)

@@ -34,6 +34,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from harness.provenance import run_record  # noqa: E402
 from support import REPO, import_comfy, import_package  # noqa: E402
 
 SAMPLING = dict(steps=25, cfg=5.0, sampler_name="euler", scheduler="normal", size=128)
@@ -349,6 +350,7 @@ def main():
                                 scales=() if args.no_scale_curve else SCALE_CURVE, batches=batches)
     if not args.no_single_shapes:
         results["single_shapes"] = single_shapes(model, clip, vae, seeds, args.images, kinds=kinds, batches=batches)
+    results["run"] = run_record()
     results["settings"] = {"sampling": SAMPLING, "guidance": default_inputs(), "probe_factor": PROBE_FACTOR,
                            "boost": patch_inputs(), "damaged_background": DAMAGED_BACKGROUND,
                            "temperature": patch_inputs(AttendExciteAttentionTemperature) if joint else None,

@@ -36,7 +36,7 @@ def main():
     args = parser.parse_args()
     import torch
     if not torch.cuda.is_available():
-        raise SystemExit("no CUDA GPU here: the device check runs on a lent GPU (see tests/README.md, GPU)")
+        raise SystemExit("no CUDA GPU here: the device check runs on a lent GPU (see CONTRIBUTING.md, On a GPU)")
     os.makedirs(args.out, exist_ok=True)
     result = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
     start = time.perf_counter()

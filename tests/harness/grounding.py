@@ -17,6 +17,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from harness.provenance import run_record  # noqa: E402
 from support import REPO, import_comfy, import_package  # noqa: E402
 
 SIGMAS = (14.6, 7.0, 3.0, 1.0)
@@ -96,7 +97,7 @@ def main():
     results = measure(*demo_model.load(args.weights or demo_model.WEIGHTS), scenes=args.scenes)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "grounding.json"), "w") as f:
-        json.dump({"scenes": args.scenes, "by_sigma": results}, f, indent=1)
+        json.dump({"run": run_record(), "scenes": args.scenes, "by_sigma": results}, f, indent=1)
     with open(os.path.join(args.out, "grounding.md"), "w") as f:
         f.write(table(results) + "\n")
     print(table(results))
