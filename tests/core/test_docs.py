@@ -133,17 +133,48 @@ def test_every_node_has_a_help_page_with_its_troubleshooting_entries_written_in(
     """ComfyUI's help panel cannot follow a link to an anchor of another page (it opens the raw
     file in a new tab), so each page carries its entries' text: equal to the troubleshooting
     page's, as tests/harness/help_pages.py writes them; and its pictures exist."""
-    from harness.help_pages import entries, filled
+    from harness.help_pages import entries, filled, generated
     known = entries(TROUBLESHOOTING.read_text(encoding="utf-8"))
     assert len(known) >= 35
     assert len(node_ids()) == 8
     for node in node_ids():
         page = (ROOT / "js" / "docs" / f"{node}.md").read_text(encoding="utf-8")
         assert re.search(r"^#### ", page, re.M), f"{node}'s help page lists no troubleshooting entry"
-        assert filled(page, known) == page, f"{node}'s entries differ from troubleshooting.md: run help_pages.py"
+        assert generated(filled(page, known)) == page, f"{node}'s page differs from its sources: run help_pages.py"
         assert "](troubleshooting.md" not in page      # a link the help panel cannot follow
         for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page):
             assert (ROOT / "js" / "docs" / image).is_file(), image
+
+
+SAMPLER_PAGES = ["AttendExciteKSampler.md", "AttendExciteSampler.md"]
+DEVELOPER_STATUS = re.compile(r"tiny models?|random weights|real weights|not (yet )?(run|measured|tested)|untested|"
+                              r"no GPU|CPU machine|this project|the tests?\b", re.I)
+
+
+def test_the_sampler_pages_are_short_share_one_guide_and_speak_to_users():
+    """Each under 120 lines, the parameter table the README's (generated), the shared part one source,
+    at most five error entries, no developer status (what is untested is said once, in the README)."""
+    from harness.help_pages import SAMPLER_GUIDE, parameter_rows
+    guide = SAMPLER_GUIDE.read_text(encoding="utf-8").strip()
+    rows = parameter_rows()
+    assert len(rows) >= 14 and "| `scale_factor` | 20 |" in "\n".join(rows)
+    for name in SAMPLER_PAGES:
+        page = (ROOT / "js" / "docs" / name).read_text(encoding="utf-8")
+        assert len(page.splitlines()) < 120, name
+        assert guide in page and rows[2] in page and rows[-1] in page
+        assert 1 <= len(re.findall(r"^#### ", page, re.M)) <= 5
+    for page in sorted((ROOT / "js" / "docs").glob("AttendExcite*.md")):
+        assert DEVELOPER_STATUS.findall(page.read_text(encoding="utf-8")) == [], page.name
+    assert DEVELOPER_STATUS.search("tested on tiny models only, no real weights yet")
+
+
+def test_a_help_page_whose_parameter_table_drifted_from_the_readme_is_found():
+    from harness.help_pages import generated
+    page = (ROOT / "js" / "docs" / "AttendExciteSampler.md").read_text(encoding="utf-8")
+    drifted = page.replace("| `max_refinement` | 20 |", "| `max_refinement` | 25 |")
+    assert drifted != page and generated(drifted) == page
+    assert "`heatmap_step`" not in page and "`heatmap_step`" in generated(page.replace(
+        "parameters, without: heatmap_step, mask_threshold", "parameters"))
 
 
 def test_a_stale_or_unknown_entry_on_a_help_page_is_found():

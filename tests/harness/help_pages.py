@@ -1,5 +1,7 @@
-"""Writes the "Errors and warnings" entries of every node's help page from the troubleshooting
-page (js/docs/troubleshooting.md), or with --check says which pages differ from it.
+"""Writes the generated parts of every node's help page, or with --check says which pages differ:
+the "Errors and warnings" entries from the troubleshooting page (js/docs/troubleshooting.md), the
+guidance parameters' table from the README's (written there by hand, once), and the part the two
+sampler pages share from tests/harness/sampler_guide.md.
 
 ComfyUI's node help panel opens a link in a new browser tab as it is written (frontend 1.32
 and 1.49): a relative link to troubleshooting.md#entry lands on a missing page, or at best on
@@ -11,6 +13,10 @@ its node can give. A page names them in a marker line,
 (the entries' anchors on GitHub), and this script writes each entry's heading and text after
 it, up to the line <!-- end of troubleshooting entries -->.
 
+The other two are marked the same way, between <!-- generated: NAME --> and <!-- end of generated -->:
+"parameters" (optionally "parameters, without: heatmap_step, mask_threshold" for a node without those
+inputs) and "sampler guide".
+
     python tests/harness/help_pages.py [--check]
 """
 import argparse
@@ -18,10 +24,17 @@ import re
 import sys
 from pathlib import Path
 
-DOCS = Path(__file__).resolve().parents[2] / "js" / "docs"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "js" / "docs"
 TROUBLESHOOTING = DOCS / "troubleshooting.md"
+SAMPLER_GUIDE = Path(__file__).with_name("sampler_guide.md")
 START = re.compile(r"^<!-- troubleshooting entries: (.*) -->$", re.M)
 END = "<!-- end of troubleshooting entries -->"
+GENERATED = re.compile(r"^<!-- generated: ([\w ]+?)(?:, without: (.*?))? -->\n.*?^<!-- end of generated -->$",
+                       re.M | re.S)
+# The README's pointers to its own sections, as a help page says them.
+README_POINTERS = {"see *Which method for which failure*": "see *Losses* below",
+                   "see *What your card needs*": "see *Memory* below"}
 
 
 def slug(heading: str) -> str:
@@ -57,6 +70,31 @@ def filled(page: str, known: dict[str, tuple[str, str]]) -> str:
     return page[:start.end()] + "\n\n" + body + "\n\n" + page[end:]
 
 
+def parameter_rows() -> list[str]:
+    """The README's parameter table, header included, its pointers said as a help page says them."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("| parameter | default | meaning |")
+    rows = readme[start:readme.index("\n\n", start)].splitlines()
+    for pointer, said in README_POINTERS.items():
+        rows = [row.replace(pointer, said) for row in rows]
+    return rows
+
+
+def generated(page: str) -> str:
+    """The page with its generated blocks written again from their sources."""
+    def block(match):
+        name, without = match.group(1), {w.strip() for w in (match.group(2) or "").split(",") if w.strip()}
+        if name == "parameters":
+            body = "\n".join(row for row in parameter_rows()
+                             if not set(re.findall(r"`(\w+)`", row.split("|")[1])) & without)
+        elif name == "sampler guide":
+            body = SAMPLER_GUIDE.read_text(encoding="utf-8").strip()
+        else:
+            raise ValueError(f"no generated block named {name!r}")
+        return match.group(0).split("\n", 1)[0] + "\n" + body + "\n<!-- end of generated -->"
+    return GENERATED.sub(block, page)
+
+
 def pages() -> list[Path]:
     return sorted(p for p in DOCS.glob("*.md") if p != TROUBLESHOOTING)
 
@@ -69,13 +107,13 @@ def main():
     stale = []
     for path in pages():
         text = path.read_text(encoding="utf-8")
-        new = filled(text, known)
+        new = generated(filled(text, known))
         if new != text:
             stale.append(path.name)
             if not args.check:
                 path.write_text(new, encoding="utf-8")
     if stale:
-        print(("differ from troubleshooting.md: " if args.check else "rewrote: ") + ", ".join(stale))
+        print(("differ from their sources: " if args.check else "rewrote: ") + ", ".join(stale))
     sys.exit(1 if stale and args.check else 0)
 
 
