@@ -4,17 +4,18 @@ from comfy_api.latest import io, ui
 from .core.heatmaps import heatmap_views, overlay, subject_masks
 from .core.plot import peak_chart
 from .core.record import AttentionRecord
-from .parameters import ATTENTION, CATEGORY
+from .parameters import ATTENTION, CATEGORY, FOLDED
 
-def heatmap_step_input() -> io.Int.Input:
-    return io.Int.Input("heatmap_step", default=0, min=0, max=10000,
+def heatmap_step_input(folded: bool = False) -> io.Int.Input:
+    """folded: under the sampler's advanced inputs (on the heatmap nodes it is their main input)."""
+    return io.Int.Input("heatmap_step", default=0, min=0, max=10000, **(FOLDED if folded else {}),
                         tooltip="0: the heatmaps show each subject's mean map over the guided steps. n: they "
                                 "also show the maps at step n (the nearest guided step).")
 
 
 def mask_threshold_input() -> io.Float.Input:
     """Optional and last, so workflows saved before it load their widgets unchanged."""
-    return io.Float.Input("mask_threshold", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+    return io.Float.Input("mask_threshold", default=0.0, min=0.0, max=1.0, step=0.01, optional=True, **FOLDED,
                           tooltip="The masks output: 0 gives soft masks (each subject's map at heatmap_step, scaled "
                                   "to its own peak); above 0, 1 where that map reaches this share of its peak and "
                                   "0 elsewhere.")

@@ -20,8 +20,8 @@ class AttendExciteKSampler(io.ComfyNode):
             description="KSampler that, during the early steps, moves the latent until every subject of the "
                         "prompt wins some region of the cross-attention maps (Attend-and-Excite).",
             inputs=[
-                io.Model.Input("model", tooltip="The model used for denoising (SD1.x, SD2.x, SDXL, SD3/SD3.5 or "
-                                                "Flux.1)."),
+                io.Model.Input("model", tooltip="The model used for denoising (SD1.x, SD2.x, SDXL, SD3/SD3.5, "
+                                                "Flux.1, Z-Image, Qwen-Image, Flux.2 or Chroma)."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="The random seed used for creating the noise."),
                 io.Int.Input("steps", default=50, min=1, max=10000, tooltip="The number of denoising steps."),
@@ -37,7 +37,7 @@ class AttendExciteKSampler(io.ComfyNode):
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="The amount of denoising applied."),
                 *guidance_inputs(),
-                heatmap_step_input(),
+                heatmap_step_input(folded=True),
                 loss_input(),
                 mask_threshold_input(),
                 memory_input(),

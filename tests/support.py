@@ -198,3 +198,62 @@ def sample(model, sampler_name, settings, positive, negative, latent, steps=6, c
             out = comfy.sample.sample_custom(model, comfy.sample.prepare_noise(latent, seed), cfg, sampler, sigmas,
                                              positive, negative, latent, seed=seed, disable_pbar=True)
     return out, record
+
+
+def default_inputs(node=None) -> dict:
+    """A node's inputs as a new node has them: by default the samplers' guidance inputs (the paper's
+    settings), else the given node's, its model aside."""
+    if node is None:
+        from attend_and_excite.nodes.sampler import AttendExciteSampler
+        node = AttendExciteSampler
+    return {entry.id: entry.default for entry in node.define_schema().inputs
+            if entry.id not in ("model", "sampler_name")}
+
+
+class KeptGraphs:
+    """The package's graph cache as the tests count it: 1 while it keeps a captured pass."""
+
+    def __getattr__(self, name):
+        from attend_and_excite.nodes.glue.capture import GRAPHS as cache
+        return getattr(cache, name)
+
+    def __len__(self) -> int:
+        return int(self._kept is not None)
+
+
+GRAPHS = KeptGraphs()
+
+
+def listing(recorder):
+    """The recorder, with `recorded`: each layer the last pass recorded, in order (cross-attention:
+    (block, block_index, (h, w)); joint attention: (block or layer number, text tokens)). Before its install."""
+    from attend_and_excite.nodes.glue.joint import JointSum
+    recorder.recorded = []
+    start = recorder._start
+
+    def started(latent_shape):
+        recorder.recorded = []
+        start(latent_shape)
+    recorder._start = started
+    if isinstance(recorder, JointSum):
+        record = recorder._record
+
+        def recording_joint(func, call, kwargs, proceed, text_length, number):
+            if recorder.open:
+                recorder.recorded.append((number, text_length))
+            return record(func, call, kwargs, proceed, text_length, number)
+        recorder._record = recording_joint
+        return recorder
+    patch = recorder._patch
+
+    def listed_patch(previous, is_last):
+        record = patch(previous, is_last)
+
+        def recording_cross(q, k, v, extra_options):
+            if recorder.open:
+                recorder.recorded.append((tuple(extra_options["block"]), extra_options["block_index"],
+                                          tuple(extra_options["activations_shape"][-2:])))
+            return record(q, k, v, extra_options)
+        return recording_cross
+    recorder._patch = listed_patch
+    return recorder

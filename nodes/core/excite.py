@@ -47,7 +47,7 @@ class StepLog:
     terms: dict = field(default_factory=dict)         # the loss's terms: name -> one (B,) list per evaluation
 
     @classmethod
-    def read(cls, step: int, losses: list, peaks: list, iterations: torch.Tensor, skipped: torch.Tensor,
+    def read(cls, step: int, *, losses: list, peaks: list, iterations: torch.Tensor, skipped: torch.Tensor,
              terms: list = ()):
         """The log from the step's device tensors, in one transfer to the host. terms: one
         dict of (B,) tensors per evaluation."""
@@ -79,7 +79,8 @@ class UnreadLog:
     terms: list
 
     def read(self) -> StepLog:
-        return StepLog.read(self.step, self.losses, self.peaks, self.iterations, self.skipped, self.terms)
+        return StepLog.read(self.step, losses=self.losses, peaks=self.peaks, iterations=self.iterations,
+                            skipped=self.skipped, terms=self.terms)
 
 
 def _descend(x: torch.Tensor, at: Evaluation, step_size: float, skipped: torch.Tensor, rows=None) -> torch.Tensor:
@@ -93,7 +94,7 @@ def _descend(x: torch.Tensor, at: Evaluation, step_size: float, skipped: torch.T
     return (x - step_size * grad).detach()
 
 
-def excite(x: torch.Tensor, evaluate: Evaluate, step: int, step_size: float, alter: bool,
+def excite(x: torch.Tensor, evaluate: Evaluate, *, step: int, step_size: float, alter: bool,
            threshold: Optional[float], max_refinement: int,
            on_iteration: Callable[[int], None] = lambda i: None,
            unmet: Callable[[Evaluation, float], torch.Tensor] = peak_unmet) -> tuple[torch.Tensor, UnreadLog]:

@@ -251,7 +251,8 @@ def guidance_loss(name: str, maps: torch.Tensor, peaks: torch.Tensor, words: Wor
                   binding=0.0, previous_masks=None) -> LossValue:
     """The named loss at one evaluation. binding: Divide & Bind's weight at this step;
     previous_masks: A-STAR's masks of the previous guided step (None at the first)."""
-    return loss_named(name).value(maps, peaks, words, tokens, binding, previous_masks)
+    return loss_named(name).value(maps=maps, peaks=peaks, words=words, tokens=tokens, binding=binding,
+                                  previous_masks=previous_masks)
 
 
 def refinement_test(name: str):

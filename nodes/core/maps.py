@@ -179,8 +179,3 @@ class SubjectScorer:
         merged = smoothed.new_zeros(batch, self.count, height * width).scatter_reduce(
             1, owner, smoothed, "amax", include_self=False)
         return merged.view(batch, self.count, height, width)
-
-    def __call__(self, attention: torch.Tensor) -> torch.Tensor:
-        """(B, h, w, T) -> (B, S): each subject's spatial peak (the maximum of maxima
-        over its pieces, as the reference scores a multi-piece word)."""
-        return self.maps(attention).amax(dim=(-1, -2))

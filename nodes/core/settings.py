@@ -19,7 +19,7 @@ class Settings:
     max_refinement: int = 20            # refinement iterations at most, per threshold step
     scale_factor: float = 20.0          # alpha_i = scale_factor * sqrt(s_i) ...
     scale_range: tuple = (1.0, 0.5)     # ... s_i going linearly from the first to the second over the steps
-    kernel_size: int = 3                # the Gaussian that smooths each subject's map
+    smoothing_kernel: int = 3           # the Gaussian that smooths each subject's map
     smoothing_sigma: float = 0.5
     schedule_steps: int = 50            # the step count the step indices above are written for
     token_indices: tuple = ()           # context columns of each subject; overrides the conditioning's

@@ -225,8 +225,5 @@ class GraphCache:
         if kept is not None:
             kept[3].detach()
 
-    def __len__(self) -> int:
-        return int(self._kept is not None)
-
 
 GRAPHS = GraphCache()

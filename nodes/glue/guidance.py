@@ -2,7 +2,9 @@
 (as PAG and SAG do), with gradients, up to the last block whose maps the loss needs."""
 import contextlib
 import copy
+import dataclasses
 import logging
+from dataclasses import dataclass
 
 import torch
 
@@ -11,9 +13,9 @@ import comfy.model_management
 import comfy.samplers
 
 from ..core.excite import Evaluation
-from ..core.losses import Words, loss_named, retention_masks
-from ..core.maps import SubjectScorer, gaussian_kernel
 from ..core.memory import choose_pass, fast_pass_bytes
+from ..core.scoring import GuidanceLoss
+from ..core.settings import DEFAULTS
 from .capture import GRAPHS, CaptureFailed, CapturedPass, capture_blockers, replay_key
 from .recompute import copy_activation, recomputing
 from .recorder import ForwardDone
@@ -113,65 +115,74 @@ def _entry_on(entry: dict, device: torch.device) -> dict:
     return {**entry, "model_conds": moved}
 
 
+@dataclass(frozen=True)
+class PassPlan:
+    """How a sampling call's guidance pass runs, decided at its first evaluation; forward only reads it."""
+    memory: str                     # "fast" or "lean", and for auto why
+    lean: bool                      # layers keep their inputs for the backward and run again there
+    copies: bool                    # saved activations kept as copies: the model or a ControlNet works in place
+    eager_reasons: tuple[str, ...]  # why the pass cannot be a CUDA graph; empty: it is captured
+
+    @property
+    def captured(self) -> bool:
+        return not self.eager_reasons
+
+
 class GuidancePass:
     """Scores a latent: the smoothed peak attention of every subject, the loss and its gradient."""
 
-    def __init__(self, base_model, positive_entry: dict, subjects: list[list[int]], kept: torch.Tensor,
-                 recorder, kernel_size: int, sigma: float, loss: str = "attend_and_excite",
-                 modifiers: list[list[list[int]]] | None = None, prompt_columns: list[int] = (),
-                 guidance_memory: str = "auto", family: str = ""):
-        """kept: the context columns of the token softmax; recorder: an AttentionRecorder
-        (UNets) or a JointAttentionRecorder (MMDiT); modifiers: each subject's modifiers'
-        columns; prompt_columns: every prompt token's (SynGen's token maps); guidance_memory:
-        auto, fast or lean; family: the model family's name (auto's estimate)."""
+    def __init__(self, base_model, positive_entry: dict, recorder, *, subjects, kept: torch.Tensor,
+                 smoothing_kernel: int = DEFAULTS.smoothing_kernel, smoothing_sigma: float = DEFAULTS.smoothing_sigma,
+                 loss: str = DEFAULTS.loss, modifiers=None, prompt_columns=(),
+                 guidance_memory: str = DEFAULTS.guidance_memory, family: str = ""):
+        """recorder: an AttentionRecorder (UNets) or a joint recorder; subjects, kept, modifiers and
+        prompt_columns: context columns (see GuidanceLoss); guidance_memory: auto, fast or lean; family: the
+        model family's name (auto's estimate)."""
         self.base_model = base_model
         self.entry = positive_entry
-        self.loss = loss_named(loss)
-        modifiers = modifiers if modifiers is not None else [[] for _ in subjects]
-        used = {c for s in subjects for c in s} | {c for own in modifiers for m in own for c in m}
-        prompt_columns = sorted(used | set(prompt_columns))
-        self.words = Words.of(subjects, modifiers, prompt_columns)
-        scored = subjects + [m for own in modifiers for m in own] if self.loss.reads_modifier_maps else subjects
-        with torch.inference_mode(False):  # autograd saves these; inference tensors it cannot
-            self.score = SubjectScorer(scored, kept.clone(), gaussian_kernel(kernel_size, sigma))
-            self.token_columns = torch.tensor(prompt_columns, dtype=torch.long)
-        self.binding = 0.0            # Divide & Bind's weight at the current step
-        self.previous_masks = None    # A-STAR's masks of the previous guided step
         self.recorder = recorder
+        self.loss = GuidanceLoss(loss=loss, subjects=subjects, kept=kept, prompt_columns=prompt_columns,
+                                 modifiers=modifiers if modifiers is not None else [[] for _ in subjects],
+                                 smoothing_kernel=smoothing_kernel, smoothing_sigma=smoothing_sigma)
         # Only what the truncated forward runs needs weights that autograd can save.
         self.modules = recorder.modules_run(base_model.diffusion_model) + control_modules(positive_entry)
-        self.conds = None
-        self.model_options = None
-        self.captured = None      # CapturedPass, where this call's pass can be a CUDA graph
-        self.replay_key = None
-        # What else the pass computes from (its subjects, smoothing, recorded blocks): part of a graph's key.
-        self.pass_inputs = (loss, tuple(map(tuple, subjects)), tuple(kept.tolist()), kernel_size, sigma,
-                            type(recorder).__name__, tuple(recorder.blocks))
-        self.mode = ""            # "CUDA graph", or "eager: " and why
-        self.last_maps = None     # (B, S, h, w) of the latest evaluation
-        # ComfyUI adds a ControlNet's output to the UNet's skip connections, and Flux's blocks
-        # their updates to their inputs, in place, after autograd saved them: there, saved
-        # activations are kept as copies.
-        self.copies = "control" in positive_entry or recorder.in_place_model
-        self.saved = (torch.autograd.graph.saved_tensors_hooks(copy_activation, lambda t: t)
-                      if self.copies else contextlib.nullcontext())
-        self.requested_memory, self.family = guidance_memory, family
         self.recomputed_layers = recorder.recomputed_layers(base_model.diffusion_model)
-        self.lean = False
-        self.memory = ""          # the pass that ran: fast or lean, and for auto why
+        self.requested_memory, self.family = guidance_memory, family
+        # What else the pass computes from (its subjects, smoothing, recorded blocks): part of a graph's key.
+        self.pass_inputs = (loss, tuple(map(tuple, subjects)), tuple(kept.tolist()), smoothing_kernel,
+                            smoothing_sigma, type(recorder).__name__, tuple(recorder.blocks))
+        self.plan = None          # PassPlan, at the first evaluation
+        self.conds = None         # the positive entry on the latent's device
+        self.model_options = None  # the sampler's, with the recorder's patches and differentiable attention
+        self.saved = None         # the saved-tensor hooks that keep copies, where the plan asks for them
+        self.captured = None      # CapturedPass, where the plan captures
+        self.replay_key = None
+        self.capture_note = ""    # "kept from the previous run", or why the capture failed
+        self.last_maps = None     # (B, S, h, w) of the latest evaluation
+
+    @property
+    def memory(self) -> str:
+        return self.plan.memory if self.plan else ""
+
+    @property
+    def mode(self) -> str:
+        """The log's guidance_pass: "CUDA graph", or "eager: " and why."""
+        if self.plan is None:
+            return ""
+        if self.plan.captured:
+            return "CUDA graph" + (f", {self.capture_note}" if self.capture_note else "")
+        return "eager: " + "; ".join(self.plan.eager_reasons)
 
     def begin_step(self, binding: float):
         """binding: Divide & Bind's weight at the step about to be guided."""
-        self.binding = binding
+        self.loss.begin_step(binding)
 
     def end_step(self):
-        """A-STAR retains what the step's last evaluation, the one its update used, found."""
-        if self.loss.retains_masks:
-            self.previous_masks = retention_masks(self.last_maps)
+        self.loss.end_step(self.last_maps)
 
     def evaluate(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> Evaluation:
         """Under enable_grad, outside inference mode."""
-        if self.model_options is None:
+        if self.plan is None:
             self._prepare(x, model_options)
         if self.captured is not None:
             try:
@@ -180,7 +191,8 @@ class GuidancePass:
             except CaptureFailed as error:
                 logging.warning("Attend-and-Excite: the guidance pass could not be captured as a CUDA graph (%s); "
                                 "it runs eagerly", error)
-                self.captured, self.mode = None, f"eager: the capture failed ({error})"
+                self.captured = None
+                self.plan = dataclasses.replace(self.plan, eager_reasons=(f"the capture failed ({error})",))
         leaf = x.detach().clone().requires_grad_(True)
         value, peaks, maps = self.forward(leaf, sigma)
         self.last_maps = maps.detach()
@@ -188,23 +200,20 @@ class GuidancePass:
 
     def forward(self, leaf: torch.Tensor, sigma: torch.Tensor):
         """(LossValue, peaks (B, S), subject maps (B, S, h, w)), differentiable in leaf."""
-        self.recorder.reset(leaf.shape)
-        layers = recomputing(self.recomputed_layers, self.copies, differentiable_paths) if self.lean else \
+        layers = recomputing(self.recomputed_layers, self.plan.copies, differentiable_paths) if self.plan.lean else \
             contextlib.nullcontext()
-        try:
-            with self.saved, differentiable_paths(), layers:
-                comfy.samplers.calc_cond_batch(self.base_model, self.conds, leaf, sigma, self.model_options)
-        except ForwardDone:
-            pass
-        average = self.recorder.take_average()
-        maps = self.score.maps(average)
-        subject_maps = maps[:, :self.words.subjects]
-        peaks = subject_maps.amax(dim=(-1, -2))
-        tokens = average[..., self.token_columns].flatten(1, 2).transpose(1, 2) if self.loss.reads_token_maps else None
-        value = self.loss.value(maps, peaks, self.words, tokens, self.binding, self.previous_masks)
-        return value, peaks, subject_maps
+        with self.recorder.recording(leaf.shape):
+            try:
+                with self.saved, differentiable_paths(), layers:
+                    comfy.samplers.calc_cond_batch(self.base_model, self.conds, leaf, sigma, self.model_options)
+            except ForwardDone:
+                pass
+            average = self.recorder.take_average()
+        return self.loss(average)
 
-    def _choose_memory(self, x: torch.Tensor):
+    def _plan(self, x: torch.Tensor, model_options: dict) -> PassPlan:
+        """fast or lean (auto: from the counted memory and ComfyUI's free-memory estimate), and whether the
+        pass can be captured. model_options: the sampler's, before the pass adds its own."""
         on_cpu = x.device.type == "cpu"
         dtype = getattr(self.base_model, "manual_cast_dtype", None) or self.base_model.get_dtype() or x.dtype
         billions = sum(p.numel() for p in self.base_model.diffusion_model.parameters()) / 1e9    # the variant's size
@@ -213,33 +222,37 @@ class GuidancePass:
                                 fast_pass_bytes(self.family, x.shape[0], x.shape[-2] * x.shape[-1], dtype.itemsize,
                                                 billions),
                                 comfy.model_management.minimum_inference_memory())
-        self.lean = mode == "lean"
-        self.memory = f"{mode} (auto: {why})" if why else mode
         if why:
             logging.info("Attend-and-Excite: guidance_memory auto picked the %s pass: %s", mode, why)
+        reasons = capture_blockers(x, self.base_model, self.modules, self.entry, model_options)
+        if mode == "lean":
+            reasons.append("guidance_memory is lean (a captured graph would hold the pass's memory between runs, "
+                           "which lean spares)")
+        if not self.loss.loss.capturable:
+            reasons.append(f"the {self.loss.loss.name} loss runs eagerly (only attend_and_excite's pass is captured)")
+        return PassPlan(memory=f"{mode} (auto: {why})" if why else mode, lean=mode == "lean",
+                        copies="control" in self.entry or self.recorder.in_place_model, eager_reasons=tuple(reasons))
 
     def _prepare(self, x: torch.Tensor, model_options: dict):
-        self._choose_memory(x)
-        blockers = capture_blockers(x, self.base_model, self.modules, self.entry, model_options)
-        if self.lean:
-            blockers.append("guidance_memory is lean (a captured graph would hold the pass's memory between runs, "
-                            "which lean spares)")
+        """At the first evaluation: the plan; the conditioning and the loss's index tensors on the latent's
+        device; the recording options; the captured pass, kept from the previous call where it matches."""
+        self.plan = self._plan(x, model_options)
         self.conds = [[_entry_on(self.entry, x.device)]]
-        self.score.to(x.device)
-        self.token_columns = self.token_columns.to(x.device)
-        if not self.loss.capturable:
-            blockers.append(f"the {self.loss.name} loss runs eagerly (only attend_and_excite's pass is captured)")
+        self.loss.to(x.device)
         self.model_options = with_backward_attention(self.recorder.install(model_options))
-        if blockers:
+        # ComfyUI adds a ControlNet's output to the UNet's skip connections, and Flux's blocks their updates to
+        # their inputs, in place, after autograd saved them: there, saved activations are kept as copies.
+        self.saved = torch.autograd.graph.saved_tensors_hooks(copy_activation, lambda t: t) if self.plan.copies \
+            else contextlib.nullcontext()
+        if not self.plan.captured:
             GRAPHS.clear()   # its memory may be what pushed the model off the GPU (low-VRAM loading)
-            self.mode = "eager: " + "; ".join(blockers)
             (logging.debug if x.device.type != "cuda" else logging.info)("Attend-and-Excite: the guidance pass runs %s",
                                                                          self.mode)
-        else:
-            self.replay_key = replay_key(x, self.base_model, self.modules, self.pass_inputs)
-            kept = GRAPHS.take(self.replay_key, self.conds[0][0])
-            self.captured = kept or CapturedPass(self.forward)
-            self.mode = "CUDA graph, kept from the previous run" if kept else "CUDA graph"
+            return
+        self.replay_key = replay_key(x, self.base_model, self.modules, self.pass_inputs)
+        kept = GRAPHS.take(self.replay_key, self.conds[0][0])
+        self.captured = kept or CapturedPass(self.forward)
+        self.capture_note = "kept from the previous run" if kept else ""
 
     def close(self, keep: bool = True):
         """Keeps the captured graph for the next sampling call, or frees it and its memory."""

@@ -128,25 +128,20 @@ class JointSum(AttentionSum):
 
     attention = "joint attention"
 
-    def _start(self, latent_shape: tuple, patch_size: int):
-        self.total = None
-        self.heads = 0
-        self.shape = tuple(-(-side // patch_size) for side in latent_shape[-2:])
-        self.recorded = []     # (block or layer number, text tokens) of the last pass, for inspection
-        self.open = bool(latent_shape)
+    def _start(self, latent_shape: tuple):
+        super()._start(latent_shape)
+        self.shape = tuple(-(-side // self.patch_size) for side in latent_shape[-2:])
 
     def _record(self, func, call: tuple, kwargs: dict, proceed, text_length: int, number: int):
         """Adds a joint call's probabilities: the image queries of a [text, image, later image tokens]
         sequence (Kontext's reference latents and single-stream padding are no query of the maps) over the
-        text keys. Computed even when closed: the lean pass's rerun of a layer must save the tensors its
-        first run saved, in the same order."""
+        text keys. Computed even when closed (see AttentionSum.recording)."""
         q, k, heads, mask = attention_call(call, kwargs)
         grid = self.shape[0] * self.shape[1]
         summed = joint_text_probabilities(q, k, text_length, grid, mask).sum(dim=1)
         if self.open:
             self.total = summed if self.total is None else self.total + summed
             self.heads += heads
-            self.recorded.append((number, text_length))
         return proceed(func)
 
 
@@ -159,11 +154,6 @@ class JointAttentionRecorder(JointSum):
         self.blocks = blocks
         self.patch_size = patch_size
         self.block_list = block_list
-        self.reset()
-
-    def reset(self, latent_shape: tuple = ()):
-        """Before each pass; the latent's shape lays the image tokens out on the patch grid."""
-        self._start(latent_shape, self.patch_size)
 
     def _list(self, diffusion_model) -> str:
         return self.block_list or next(n for n in BLOCK_LISTS if hasattr(diffusion_model, n))
@@ -197,12 +187,14 @@ class JointLayerRecorder(JointSum):
         self.blocks = list(range(recorded_count(len(getattr(diffusion_model, layer_list)))))
         self.patch_size = diffusion_model.patch_size
         self.text_length = text_length
-        self.reset()
+        self.text_columns = self.joint_length = self.calls = 0
 
-    def reset(self, latent_shape: tuple = ()):
-        self._start(latent_shape, self.patch_size)
+    def _start(self, latent_shape: tuple):
+        """The layers' joint sequence for this latent, kept after the pass: the lean pass's reruns in the
+        backward are found by its length too."""
+        super()._start(latent_shape)
         self.text_columns, self.joint_length = single_stream_lengths(self.diffusion_model, self.text_length,
-                                                                     latent_shape) if latent_shape else (0, 0)
+                                                                     latent_shape)
         self.calls = 0
 
     def modules_run(self, diffusion_model) -> list[torch.nn.Module]:

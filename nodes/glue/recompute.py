@@ -6,8 +6,8 @@ happens. The rerun must compute what the first run computed: ComfyUI changes its
 transformer_options dict as the forward goes on (block_index, activations_shape), so the rerun
 gets the dicts as they were at the call; where the model changes activations in place (Flux's
 blocks, a ControlNet's additions), it gets copies of its input tensors as they were, and keeps
-copies of what it saves (as the fast pass does). The rerun records no maps: the recorders are
-closed once the loss has read them.
+copies of what it saves (as the fast pass does). The rerun records no maps: a recorder is open only
+inside the pass's forward (AttentionSum.recording).
 """
 import contextlib
 import functools
@@ -58,6 +58,9 @@ class _LayerRun:
         return self.rebuilt.pop(index)
 
     def _rebuild(self):
+        """Relies on the rerun saving the same tensors in the same order as the first run: autograd's
+        number for an activation is its place in that order. The recorded layers keep to it by computing
+        their probabilities whether their recorder is open or not."""
         rebuilt = {}
 
         def keep(tensor):

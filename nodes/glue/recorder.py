@@ -4,6 +4,7 @@ Only the cross-attention blocks at the map level get a replace patch, and only o
 the copied model options of the guidance pass: every other attention call, and
 every normal sampling step, keeps ComfyUI's optimized backend.
 """
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -87,13 +88,27 @@ class AttentionSum:
     total: torch.Tensor = None    # (B, h * w, T)
     heads = 0                     # attention maps summed into total: heads x layers
     shape: tuple = None           # (h, w)
-    # Records only between the pass's start and the loss's read: a layer that runs again in the
-    # backward (the lean pass, SD3's checkpointed blocks) computes what it computed, and records nothing.
     open = False
+
+    def _start(self, latent_shape: tuple):
+        """A pass's empty sum, laid out for `latent_shape` (the joint recorders place the image tokens by it)."""
+        self.total, self.heads, self.shape = None, 0, None
+
+    @contextlib.contextmanager
+    def recording(self, latent_shape: tuple):
+        """Open for one pass's forward, up to the loss's read of the maps. The patches compute a recorded
+        layer's probabilities whether open or not, and add them only while open: the lean pass's backward
+        runs recorded layers again (as SD3's checkpointed blocks do), and each rerun must save the tensors
+        its first run saved, in the same order, and add nothing to the maps."""
+        self._start(latent_shape)
+        self.open = True
+        try:
+            yield self
+        finally:
+            self.open = False
 
     def take_average(self) -> torch.Tensor:
         """(B, h, w, T) mean over every recorded head and layer; drops the running sum."""
-        self.open = False
         if self.total is None:
             raise RuntimeError(f"the guidance pass recorded no {self.attention} (is the positive "
                                f"conditioning active at this step?)")
@@ -111,15 +126,6 @@ class AttentionRecorder(AttentionSum):
     def __init__(self, blocks: list[Block]):
         self.blocks = blocks
         self.last = (blocks[-1].name, blocks[-1].number, blocks[-1].depth - 1)
-        self.reset()
-
-    def reset(self, latent_shape: tuple = ()):
-        """Before each pass (the maps' shape comes from the recorded blocks, not the latent)."""
-        self.total = None
-        self.heads = 0         # attention maps summed into total: heads x layers
-        self.shape = None
-        self.recorded = []     # (block, block_index, (h, w)) of the last pass, for inspection
-        self.open = bool(latent_shape)
 
     def modules_run(self, diffusion_model) -> list[torch.nn.Module]:
         """The modules that a forward stopped after the last recorded block runs."""
@@ -164,7 +170,6 @@ class AttentionRecorder(AttentionSum):
                 self.total = summed if self.total is None else self.total + summed
                 self.heads += heads
                 self.shape = tuple(extra_options["activations_shape"][-2:])
-                self.recorded.append((tuple(extra_options["block"]), extra_options["block_index"], self.shape))
             if is_last:
                 raise ForwardDone
             if previous is not None:

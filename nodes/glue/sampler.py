@@ -7,7 +7,6 @@ calls finds each guided step's state evaluation and moves that tensor first.
 """
 import contextlib
 import logging
-import math
 
 import torch
 
@@ -16,60 +15,19 @@ import comfy.samplers
 from comfy.k_diffusion.sampling import offset_first_sigma_for_snr
 
 from ..core.excite import excite
-from ..core.families import PROMPT, Family
 from ..core.losses import binding_weight, loss_named
 from ..core.record import AttentionRecord
-from ..core.schedule import Schedule, build_schedule
 from ..core.settings import Settings
+from ..core.steps import OWN_GRID, StepGrid, locate
 from .family import detect_family, recorder_for
 from .guidance import GuidancePass, autograd_weights
-from .text import SUBJECTS_KEY, context_shift, in_model_columns
+from .target import guidance_target
 
-# Evaluations that some samplers make at a later step's own sigma before that step
-# starts: step j's state is evaluated after min(j, n) of them. Heun's predictor lands
-# on the next sigma (exp_heun_2_x0 too: SEEDS-2 with r = 1); so does the ancestral
-# DPM-2 midpoint at eta 1, since sqrt(sigma_i * sigma_down) = sigma_(i+1) there.
-PREDICTOR_CALLS = {"heun": 1, "heunpp2": 2, "exp_heun_2_x0": 1, "exp_heun_2_x0_sde": 1, "dpm_2_ancestral": 1,
-                   "dpmpp_2s_ancestral": 1, "dpmpp_2s_ancestral_cfg_pp": 1}
-# On flow models (SD3, Flux) ComfyUI runs DPM++(2S) ancestral as its RF variant, whose midpoint
-# is not the next sigma.
-FLOW_PREDICTOR_CALLS = {**PREDICTOR_CALLS, "dpmpp_2s_ancestral": 0}
-SIGMA_MATCH = 1e-4
-# Samplers that choose their own evaluation sigmas: step j is guided at the first
-# evaluation at or below its sigma.
-OWN_GRID = {"dpm_fast", "dpm_adaptive"}
 # UniPC evaluates a rescaled copy of its state: the move reaches that evaluation,
 # not the solver's corrector.
 RESCALED_STATE = {"uni_pc", "uni_pc_bh2"}
 # Samplers whose progress callback reports their initial latent, not the current state.
 STALE_CALLBACK_STATE = {"ipndm", "ipndm_v", "deis"}
-
-
-def _subjects_of(positive: list[dict], settings: Settings, family: Family):
-    for entry in positive:
-        info = entry.get(SUBJECTS_KEY)
-        if info is not None or settings.token_indices and family.context != PROMPT:
-            return entry, info or {}
-    if settings.token_indices:
-        raise ValueError(f"on {family.name}, token_indices need the conditioning of 'CLIP Text Encode "
-                         f"(Attend-and-Excite)': it marks which of the text encoder's columns are the prompt's words "
-                         f"(the chat template's are not)")
-    raise ValueError("the positive conditioning carries no Attend-and-Excite subjects: encode the prompt with "
-                     "'CLIP Text Encode (Attend-and-Excite)', or give token_indices on the sampler")
-
-
-def _check_loss(settings: Settings, modifiers: list):
-    loss = loss_named(settings.loss)
-    if loss.needs_pairs and not any(modifiers):
-        raise ValueError(f"the {settings.loss} loss binds modifiers to their nouns, and no subject has one: describe "
-                         f"the nouns in the prompt ('a red circle and a blue square'), or write each subject in "
-                         f"'subjects' as a group that ends with its noun ('red circle, blue square'); token_indices "
-                         f"give no modifiers")
-    if not loss.refines and settings.thresholds:
-        logging.warning("Attend-and-Excite: the %s loss never refines to a threshold (as its paper); the thresholds "
-                        "are not used (set them to auto or leave them empty)", settings.loss)
-    if loss.reads_modifier_maps and not any(modifiers):
-        logging.info("Attend-and-Excite: no subject has a modifier, so divide_and_bind runs its attendance term alone")
 
 
 class GuidedRun:
@@ -80,52 +38,31 @@ class GuidedRun:
         guider = model_k.inner_model
         base_model = guider.inner_model
         family = detect_family(base_model)
-        entry, info = _subjects_of(guider.conds.get("positive", []), settings, family)
-        if family.refuses_reference_latents and "ref_latents" in entry["model_conds"]:
-            raise ValueError(f"Attend-and-Excite guides {family.name}'s text-to-image models; the Edit models' "
-                             f"reference images are not supported: sample without the reference latents, or "
-                             f"with the stock KSampler")
-        token_count = entry["model_conds"]["c_crossattn"].cond.shape[1]
-        shift = context_shift(info, token_count, family)
-        info = in_model_columns(info, shift)
-        subjects = [[c + shift for c in s] for s in settings.token_indices] if settings.token_indices else \
-            [list(c) for c in info["subjects"]]
-        kept = family.kept(token_count, info.get("end_columns", []), info.get("prompt_columns", []))
-        scored = set(kept.tolist())
-        for column in (c for s in subjects for c in s):
-            if column >= token_count:
-                raise ValueError(f"token index {column} is outside the conditioning's {token_count} tokens")
-            if column not in scored:
-                raise ValueError(f"token index {column} is not one of the tokens the method scores on {family.name} "
-                                 f"(the start token, and on some families the end token and padding, are left out); "
-                                 f"pick a word's position, as the token picker lists them")
-        modifiers = [[] for _ in subjects] if settings.token_indices else \
-            info.get("modifiers", [[] for _ in subjects])
-        _check_loss(settings, modifiers)
-        self.schedule: Schedule = build_schedule(settings, len(sigmas) - 1, flow=family.flow)
-        self.pending = [j for j in range(self.schedule.steps) if self.schedule.is_guided(j)]
-        labels = ["+".join(map(str, c)) for c in settings.token_indices] if settings.token_indices else \
-            info["labels"]
-        record.start(family.name, labels, self.schedule.thresholds, self.schedule.steps, settings.loss,
-                     family.pixels_per_cell)
-        self.guidance = GuidancePass(base_model, entry, subjects, kept,
-                                     recorder_for(base_model.diffusion_model, family, settings.map_level, token_count),
-                                     settings.kernel_size, settings.smoothing_sigma, settings.loss, modifiers,
-                                     info.get("prompt_columns", []), settings.guidance_memory, family.name)
+        target = guidance_target(guider.conds.get("positive", []), settings, family, steps=len(sigmas) - 1)
+        self.schedule = target.schedule
+        record.start(family.name, target.labels, self.schedule.thresholds, self.schedule.steps, loss=settings.loss,
+                     pixels_per_cell=family.pixels_per_cell)
+        recorder = recorder_for(base_model.diffusion_model, family, settings.map_level, target.token_count)
+        self.guidance = GuidancePass(base_model, target.entry, recorder, subjects=target.subjects, kept=target.kept,
+                                     smoothing_kernel=settings.smoothing_kernel,
+                                     smoothing_sigma=settings.smoothing_sigma, loss=settings.loss,
+                                     modifiers=target.modifiers, prompt_columns=target.prompt_columns,
+                                     guidance_memory=settings.guidance_memory, family=family.name)
         self.loss, self.schedule_steps = settings.loss, settings.schedule_steps
         loss = loss_named(settings.loss)
         self.unmet, self.binds = loss.unmet, loss.binding_schedule
-        self.sigmas = sigmas.tolist()
+        sigma_list = sigmas.tolist()
         # Samplers that work in log-SNR start a flow model just under sigma 1 (ComfyUI's
         # offset_first_sigma_for_snr): step 0 is found at either sigma.
-        self.first_sigmas = (self.sigmas[0], float(offset_first_sigma_for_snr(sigmas, base_model.model_sampling)[0]))
+        first_sigmas = (sigma_list[0], float(offset_first_sigma_for_snr(sigmas, base_model.model_sampling)[0]))
+        self.grid = StepGrid.of(sigma_list, first_sigmas, sampler_name, family.flow)
+        self.pending = tuple(j for j in range(self.schedule.steps) if self.schedule.is_guided(j))
+        self.calls_seen = (0,) * len(self.pending)
         self.sampler_name = sampler_name
-        self.predictor_calls = (FLOW_PREDICTOR_CALLS if family.flow else PREDICTOR_CALLS).get(sampler_name, 0)
         if sampler_name in RESCALED_STATE:
             logging.warning("Attend-and-Excite: %s keeps a rescaled copy of its state, so each update reaches only "
                             "that step's model evaluation; pick another sampler for exact Attend-and-Excite",
                             sampler_name)
-        self.calls_at = {}
         self.moved = {}
         self.unread = []      # (UnreadLog, maps) of each guided step
         self.record = record
@@ -133,10 +70,12 @@ class GuidedRun:
         self.weights_swapped = False
 
     def before_model_call(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict):
-        if self.pending:
+        if self.pending:     # after the last guided step, no sigma is read on the host
             sigma_value = float(sigma.reshape(-1)[0])
-            if self._is_state_call(sigma_value):
-                self._guide(x, sigma, sigma_value, model_options)
+            found = locate(sigma_value, self.pending, self.calls_seen, self.grid)
+            self.pending, self.calls_seen = found.pending, found.calls_seen
+            if found.step is not None:
+                self._guide(x, sigma, found.step, sigma_value, model_options)
 
     def callback(self, callback):
         def checked(info):
@@ -149,21 +88,7 @@ class GuidedRun:
                 callback(info)
         return checked
 
-    def _is_state_call(self, sigma: float) -> bool:
-        step = self.pending[0]
-        if self.sampler_name in OWN_GRID:
-            return sigma <= self.sigmas[step] * (1 + 1e-6)
-        for upcoming in self.pending:
-            targets = self.first_sigmas if upcoming == 0 else (self.sigmas[upcoming],)
-            if any(math.isclose(sigma, target, rel_tol=SIGMA_MATCH) for target in targets):
-                self.calls_at[upcoming] = self.calls_at.get(upcoming, 0) + 1
-                return upcoming == step and self.calls_at[step] > min(step, self.predictor_calls)
-        return False
-
-    def _guide(self, x: torch.Tensor, sigma: torch.Tensor, sigma_value: float, model_options: dict):
-        step = self.pending.pop(0)
-        while self.sampler_name in OWN_GRID and self.pending and self.sigmas[self.pending[0]] >= sigma_value:
-            self.pending.pop(0)
+    def _guide(self, x: torch.Tensor, sigma: torch.Tensor, step: int, sigma_value: float, model_options: dict):
         if not self.weights_swapped:
             self.weights.enter_context(autograd_weights(self.guidance.modules))
             self.weights_swapped = True
@@ -177,18 +102,17 @@ class GuidedRun:
         self.guidance.begin_step(binding_weight(step, s.steps, self.schedule_steps) if self.binds else 0.0)
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                moved, log = excite(x, lambda z: self.guidance.evaluate(z, sigma, model_options), step,
-                                    s.step_size(step, sigma_value),
-                                    alter=step < s.steps_to_alter, threshold=s.thresholds.get(step),
-                                    max_refinement=s.max_refinement, on_iteration=on_iteration,
-                                    unmet=self.unmet)
+                moved, log = excite(x, lambda z: self.guidance.evaluate(z, sigma, model_options), step=step,
+                                    step_size=s.step_size(step, sigma_value), alter=step < s.steps_to_alter,
+                                    threshold=s.thresholds.get(step), max_refinement=s.max_refinement,
+                                    on_iteration=on_iteration, unmet=self.unmet)
                 self.guidance.end_step()
         except torch.OutOfMemoryError:
             out_of_memory = True     # raised below, once this error's frames (and the graph) are released
         if out_of_memory:
             self.close(keep_graph=False)
             what = "lower the image size or the batch size (the lean pass keeps only its layers' inputs)" \
-                if self.guidance.lean else \
+                if self.guidance.plan.lean else \
                 "set guidance_memory to lean (the pass then keeps only its layers' inputs for its backward and runs " \
                 "them again there: a fraction of the memory for about 1.4x the pass's work), or lower the image size " \
                 "or the batch size"

@@ -6,16 +6,17 @@ import torch
 import comfy.samplers
 
 import support
-from support import SUBJECTS, conditionings, tiny_model
+from support import SUBJECTS, conditionings, default_inputs, tiny_model
 
-from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, default_inputs
+from attend_and_excite.nodes.boost import AttendExciteAttentionBoost
 from attend_and_excite.nodes.core.boost import excited
 from attend_and_excite.nodes.core.settings import BoostSettings
 from attend_and_excite.nodes.glue.boost import AttentionBoost
 
 
 def boost(model, **changes):
-    return AttendExciteAttentionBoost.execute(model, **{**default_inputs(), **changes}).result[0]
+    inputs = {**default_inputs(AttendExciteAttentionBoost), **changes}
+    return AttendExciteAttentionBoost.execute(model, **inputs).result[0]
 
 
 def hand_attention(q, k, v, heads, weights, renormalise):

@@ -7,7 +7,7 @@ import torch
 
 import comfy.model_management
 import support
-from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, default_inputs
+from attend_and_excite.nodes.boost import AttendExciteAttentionBoost
 from attend_and_excite.nodes.glue.capture import EAGER_VARIABLE, capture_blockers
 from attend_and_excite.nodes.glue.recorder import blocks_at_level, modules_through
 from test_robustness import GUIDED, with_attn2_replace, with_lora, with_pag, with_wrapper
@@ -38,7 +38,8 @@ def test_a_run_says_why_its_guidance_pass_is_eager(model, patch, reason):
     patched = {"none": lambda: model, "lora": lambda: with_lora(model), "perturbed_attention": lambda: with_pag(model),
                "model_function_wrapper": lambda: with_wrapper(model, []),
                "attn2_replace": lambda: with_attn2_replace(model, []),
-               "boost": lambda: AttendExciteAttentionBoost.execute(model, **default_inputs()).result[0]}[patch]()
+               "boost": lambda: AttendExciteAttentionBoost.execute(
+                   model, **support.default_inputs(AttendExciteAttentionBoost)).result[0]}[patch]()
     positive, negative = support.conditionings()
     _, record = support.sample(patched, "euler", GUIDED, positive, negative, torch.zeros(1, 4, 8, 8))
     assert reasons_of(record) == [ON_CPU] + ([] if reason is None else reason.split("; "))

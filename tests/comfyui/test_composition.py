@@ -11,7 +11,7 @@ import comfy.utils
 import nodes
 import support
 from attend_and_excite.nodes.ksampler import AttendExciteKSampler
-from attend_and_excite.nodes.parameters import default_inputs
+from support import default_inputs
 
 # Refinement that random weights never satisfy, at the 10 sampled steps' threshold steps.
 GUIDED = dict(default_inputs(), thresholds="0:1.0, 20:1.0", max_refinement=2)

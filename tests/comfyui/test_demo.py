@@ -72,7 +72,7 @@ def test_stock_nodes_draw_the_prompt_with_the_demo_model(demo):
 
 
 def test_attend_and_excite_reads_16x16_maps_of_the_demo_model(demo):
-    from attend_and_excite.nodes.parameters import default_inputs
+    from support import default_inputs
     model, clip, vae = demo
     with torch.inference_mode():
         positive = AttendExciteTextEncode.execute(clip, "a circle and a square", "").result[0]
@@ -221,7 +221,7 @@ def test_the_joint_demo_is_comfyuis_flux_whose_maps_come_from_its_double_blocks(
     double-stream blocks' joint attention."""
     import comfy.ldm.flux.model
     import comfy.model_sampling
-    from attend_and_excite.nodes.parameters import default_inputs
+    from support import default_inputs
     model, clip, vae = joint_demo
     assert isinstance(model.model.diffusion_model, comfy.ldm.flux.model.Flux)
     assert detect_family(model.model) is DEMO_JOINT

@@ -109,12 +109,12 @@ def expected_blocks(name: str) -> list:
 
 def test_guidance_pass_reads_the_intended_blocks_and_has_a_gradient(family):
     base = family.model.model
-    recorder = AttentionRecorder(blocks_at_level(base.diffusion_model, detect_family(base).map_level))
+    recorder = support.listing(AttentionRecorder(blocks_at_level(base.diffusion_model, detect_family(base).map_level)))
     positive, _ = conds(family)
     context, extra = positive[0]
     entry = {"model_conds": base.extra_conds(cross_attn=context, device=torch.device("cpu"), **extra),
              "uuid": "positive"}
-    guidance = GuidancePass(base, entry, [[2], [5]], detect_family(base).kept(77, [6]), recorder, 3, 0.5)
+    guidance = GuidancePass(base, entry, recorder, subjects=[[2], [5]], kept=detect_family(base).kept(77, [6]))
     base.current_patcher = family.model      # as sampling's preparation sets it
     x = torch.randn(1, 4, 24, 32) * 14.6      # a non-square latent: h and w must not swap
     with autograd_weights(modules_through(base.diffusion_model, recorder.blocks[-1])), \

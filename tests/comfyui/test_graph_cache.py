@@ -13,7 +13,8 @@ import comfy.model_management
 import support
 from attend_and_excite.nodes.core.excite import Evaluation
 from attend_and_excite.nodes.glue import guidance
-from attend_and_excite.nodes.glue.capture import GRAPHS, replay_key, same_conditioning
+from attend_and_excite.nodes.glue.capture import replay_key, same_conditioning
+from support import GRAPHS
 from test_robustness import GUIDED, with_lora
 
 FRESH, KEPT = "CUDA graph", "CUDA graph, kept from the previous run"

@@ -13,7 +13,7 @@ import support
 import test_mmdit
 import test_modern_families
 import tiny_families
-from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, AttendExciteAttentionTemperature, default_inputs
+from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, AttendExciteAttentionTemperature
 from attend_and_excite.nodes.glue.boost import SteeredKernel
 
 TEXT, IMAGE, HEADS, D = 5, 12, 2, 8
@@ -67,7 +67,8 @@ def setup(name: str):
 
 
 def boosted(model, **changes):
-    return AttendExciteAttentionBoost.execute(model, **{**default_inputs(), **changes}).result[0]
+    inputs = {**support.default_inputs(AttendExciteAttentionBoost), **changes}
+    return AttendExciteAttentionBoost.execute(model, **inputs).result[0]
 
 
 def heated(model, temperature=1.2, start_percent=0.0, end_percent=1.0):

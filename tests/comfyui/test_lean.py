@@ -107,9 +107,9 @@ def guidance_pass(name: str, memory: str):
         conds["y"] = comfy.conds.CONDRegular(torch.randn(1, topology["adm_in_channels"],
                                                          generator=torch.Generator().manual_seed(3)))
     family = SD1 if name == "SD1.x" else SDXL
-    recorder = AttentionRecorder(blocks_at_level(model.model.diffusion_model, family.map_level))
-    guidance = GuidancePass(model.model, {"model_conds": conds, "uuid": "positive"}, [[2], [5]], family.kept(77, [6]),
-                            recorder, 3, 0.5, guidance_memory=memory, family=family.name)
+    recorder = support.listing(AttentionRecorder(blocks_at_level(model.model.diffusion_model, family.map_level)))
+    guidance = GuidancePass(model.model, {"model_conds": conds, "uuid": "positive"}, recorder, subjects=[[2], [5]],
+                            kept=family.kept(77, [6]), guidance_memory=memory, family=family.name)
     model.model.current_patcher = model     # as sampling's preparation sets it
     return guidance, model.model_options
 

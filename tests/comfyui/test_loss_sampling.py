@@ -52,7 +52,7 @@ def test_zero_scale_equals_the_stock_ksampler_with_every_loss(model, sampler_nam
 @pytest.mark.parametrize("sampler_name", comfy.samplers.KSampler.SAMPLERS)
 def test_the_ksampler_node_at_zero_scale_equals_the_stock_ksampler_with_every_loss(model, sampler_name, loss):
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
-    from attend_and_excite.nodes.parameters import default_inputs
+    from support import default_inputs
     pos, neg = paired_conditionings()
     inputs = dict(default_inputs(), loss=loss, schedule_steps=6, steps_to_alter=3, scale_factor=0.0, max_refinement=1)
     with torch.inference_mode():
@@ -65,7 +65,7 @@ def test_the_ksampler_node_at_zero_scale_equals_the_stock_ksampler_with_every_lo
 @pytest.mark.parametrize("loss", SUCCESSORS)
 def test_the_ksampler_node_runs_each_loss_and_its_log_names_the_loss_and_its_terms(model, loss):
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
-    from attend_and_excite.nodes.parameters import default_inputs
+    from support import default_inputs
     import nodes
     pos, neg = paired_conditionings()
     latent = {"samples": torch.zeros(1, 4, 8, 8)}

@@ -74,13 +74,13 @@ def test_maps_come_from_every_joint_block_with_a_gradient(mmdit):
     base = mmdit.model.model
     unet = base.diffusion_model
     family = detect_family(base)
-    recorder = JointAttentionRecorder(joint_blocks(unet), unet.patch_size)
+    recorder = support.listing(JointAttentionRecorder(joint_blocks(unet), unet.patch_size))
     positive, _ = conds(mmdit)
     context, extra = positive[0]
     entry = {"model_conds": base.extra_conds(cross_attn=context, device=torch.device("cpu"),
                                              **{k: v for k, v in extra.items() if k != "attend_excite"}),
              "uuid": "positive"}
-    guidance = GuidancePass(base, entry, [[2], [5]], family.kept(context.shape[1], [7]), recorder, 3, 0.5)
+    guidance = GuidancePass(base, entry, recorder, subjects=[[2], [5]], kept=family.kept(context.shape[1], [7]))
     base.current_patcher = mmdit.model
     x = torch.randn(1, 16, 16, 12)          # a non-square latent: h and w must not swap
     with autograd_weights(guidance.modules), torch.inference_mode(False), torch.enable_grad():
@@ -138,7 +138,7 @@ def test_the_flow_step_equals_a_step_on_the_unit_scale_latent():
     context, extra = positive[0]
     entry = {"model_conds": base.extra_conds(cross_attn=context, device=torch.device("cpu"), guidance=3.5,
                                              pooled_output=extra["pooled_output"]), "uuid": "positive"}
-    guidance = GuidancePass(base, entry, [[2], [5]], detect_family(base).kept(TOKENS, [7]), recorder, 3, 0.5)
+    guidance = GuidancePass(base, entry, recorder, subjects=[[2], [5]], kept=detect_family(base).kept(TOKENS, [7]))
     base.current_patcher = model
     sigma = 0.7
     schedule = build_schedule(support.forced(), 6, flow=True)

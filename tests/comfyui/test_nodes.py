@@ -13,7 +13,8 @@ import support
 from attend_and_excite.nodes.extension import AttendExciteExtension
 from attend_and_excite.nodes.heatmaps import AttendExciteHeatmapOverlay, AttendExciteHeatmaps
 from attend_and_excite.nodes.ksampler import AttendExciteKSampler
-from attend_and_excite.nodes.parameters import CATEGORY, default_inputs, settings_from
+from attend_and_excite.nodes.parameters import CATEGORY, settings_from
+from support import default_inputs
 from attend_and_excite.nodes.sampler import AttendExciteSampler
 from attend_and_excite.nodes.text_encode import AttendExciteTextEncode
 
@@ -269,3 +270,31 @@ def test_overlay_node_blends_the_record_over_the_images(cat_and_frog):
     with pytest.raises(ValueError, match="same sampler run"):
         AttendExciteHeatmapOverlay.execute(torch.rand(3, 64, 64, 3), named(AttendExciteKSampler, ksampler_run(
             model, positive, negative, {"samples": torch.zeros(2, 4, 8, 8)}))["attention"], 0.5, 0)
+
+
+# Widget values are saved by position: this order is what every saved workflow and template holds.
+KSAMPLER_INPUTS = ["model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
+                   "latent_image", "denoise", "steps_to_alter", "thresholds", "max_refinement", "scale_factor",
+                   "scale_start", "scale_end", "smoothing_kernel", "smoothing_sigma", "schedule_steps",
+                   "token_indices", "map_level", "heatmap_step", "loss", "mask_threshold", "guidance_memory"]
+IN_VIEW = {"model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative", "latent_image",
+           "denoise", "steps_to_alter", "thresholds", "scale_factor"}
+
+
+def test_the_samplers_keep_their_input_order_and_fold_all_but_the_three_to_touch_where_comfyui_can():
+    """On a ComfyUI whose V3 inputs take `advanced` (0.33.0 here), everything but the stock sampling inputs
+    and scale_factor, thresholds and steps_to_alter is folded; an older one (0.3.75) gets no flag at all;
+    either way the order of the inputs is the saved workflows'."""
+    import inspect
+    from comfy_api.latest import io
+    folds = "advanced" in inspect.signature(io.Input.__init__).parameters
+    ksampler = AttendExciteKSampler.define_schema().inputs
+    sampler = AttendExciteSampler.define_schema().inputs
+    assert [i.id for i in ksampler] == KSAMPLER_INPUTS
+    assert [i.id for i in sampler] == ["sampler_name"] + [n for n in KSAMPLER_INPUTS[10:]
+                                                          if n not in ("heatmap_step", "mask_threshold")]
+    for inputs in (ksampler, sampler):
+        folded = {i.id for i in inputs if getattr(i, "advanced", None)}
+        assert folded == ({i.id for i in inputs} - IN_VIEW if folds else set())
+    heatmap_step = next(i for i in AttendExciteHeatmaps.define_schema().inputs if i.id == "heatmap_step")
+    assert not getattr(heatmap_step, "advanced", None)      # the heatmap node's own input stays in view

@@ -87,10 +87,10 @@ def test_guidance_pass_routes_backends_without_backward_to_sdpa():
 def test_guidance_pass_records_the_level_maps_and_has_a_gradient():
     import comfy.conds
     model = support.tiny_model(config=support.SD15_TOPOLOGY)
-    recorder = AttentionRecorder(blocks_at_level(model.model.diffusion_model, 2))
+    recorder = support.listing(AttentionRecorder(blocks_at_level(model.model.diffusion_model, 2)))
     context = support.random_conditioning(1)[0][0]
     entry = {"model_conds": {"c_crossattn": comfy.conds.CONDCrossAttn(context)}, "uuid": "positive"}
-    guidance = GuidancePass(model.model, entry, [[2], [5]], SD1.kept(77, [6]), recorder, 3, 0.5)
+    guidance = GuidancePass(model.model, entry, recorder, subjects=[[2], [5]], kept=SD1.kept(77, [6]))
     model.model.current_patcher = model     # as sampling's preparation sets it
     x = torch.randn(1, 4, 32, 32) * 14.6
     seen = []
@@ -114,7 +114,7 @@ def test_the_loss_is_fp32_on_an_fp16_model():
     recorder = AttentionRecorder(blocks_at_level(model.model.diffusion_model, 2))
     context = support.random_conditioning(1)[0][0].half()
     entry = {"model_conds": {"c_crossattn": comfy.conds.CONDCrossAttn(context)}, "uuid": "positive"}
-    guidance = GuidancePass(model.model, entry, [[2], [5]], SD1.kept(77, [6]), recorder, 3, 0.5)
+    guidance = GuidancePass(model.model, entry, recorder, subjects=[[2], [5]], kept=SD1.kept(77, [6]))
     model.model.current_patcher = model
     assert next(model.model.diffusion_model.parameters()).dtype == torch.float16
     with torch.enable_grad():

@@ -12,12 +12,20 @@ from support import REPO
 
 from attend_and_excite.nodes.core import excite as excite_mod
 from attend_and_excite.nodes.core.losses import attend_excite_loss
-from attend_and_excite.nodes.core.maps import SubjectScorer, gaussian_kernel, kept_columns
+from attend_and_excite.nodes.core import maps as core_maps
+from attend_and_excite.nodes.core.maps import gaussian_kernel, kept_columns
 from attend_and_excite.nodes.core.schedule import build_schedule, format_thresholds, parse_thresholds
 from attend_and_excite.nodes.core.settings import DEFAULTS
 
 CORE = pathlib.Path(REPO) / "nodes" / "core"
 
+
+
+class SubjectScorer(core_maps.SubjectScorer):
+    def __call__(self, attention: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, T) -> (B, S): each subject's spatial peak (the maximum of maxima over its pieces, as the
+        reference scores a multi-piece word)."""
+        return self.maps(attention).amax(dim=(-1, -2))
 
 def test_core_imports_nothing_of_comfyui():
     for path in CORE.glob("*.py"):
@@ -207,7 +215,7 @@ def test_a_row_with_a_non_finite_gradient_keeps_its_latent_and_is_counted():
         return excite_mod.Evaluation.of(leaf, loss, (1 - loss)[:, None])
 
     with torch.enable_grad():
-        moved, log = excite_mod.excite(x, evaluate, 0, 1.0, alter=True, threshold=0.9, max_refinement=2)
+        moved, log = excite_mod.excite(x, evaluate, step=0, step_size=1.0, alter=True, threshold=0.9, max_refinement=2)
         log = log.read()
     assert torch.isfinite(moved).all()
     assert torch.equal(moved[1], x[1]) and not torch.equal(moved[0], x[0]) and torch.equal(moved[0], moved[2])
@@ -224,9 +232,11 @@ def test_no_refinement_and_no_alter_leaves_the_latent():
         return excite_mod.Evaluation.of(leaf, loss, loss[:, None])
 
     with torch.enable_grad():
-        same, log = excite_mod.excite(x, evaluate, 0, 1.0, alter=False, threshold=None, max_refinement=20)
+        same, log = excite_mod.excite(x, evaluate, step=0, step_size=1.0, alter=False, threshold=None,
+                                      max_refinement=20)
         log = log.read()
-        moved, _ = excite_mod.excite(x, evaluate, 0, 0.25, alter=True, threshold=None, max_refinement=20)
+        moved, _ = excite_mod.excite(x, evaluate, step=0, step_size=0.25, alter=True, threshold=None,
+                                     max_refinement=20)
     assert torch.equal(same, x) and len(log.losses) == 1
     assert torch.allclose(moved, x - 0.25 * 2 * x)
 
@@ -254,7 +264,7 @@ def test_a_step_reads_the_host_once_per_refinement_iteration_and_its_log_only_wh
         return excite_mod.Evaluation.of(leaf, loss, (1 - loss)[:, None])
 
     with torch.enable_grad(), HostReads() as reads:
-        _, unread = excite_mod.excite(rows, evaluate, 0, 2.0, alter=True, threshold=0.6,
+        _, unread = excite_mod.excite(rows, evaluate, step=0, step_size=2.0, alter=True, threshold=0.6,
                                       max_refinement=max_refinement)
     with HostReads() as log_reads:
         log = unread.read()
@@ -270,7 +280,8 @@ def test_a_step_without_refinement_reads_nothing():
         return excite_mod.Evaluation.of(leaf, (leaf ** 2).sum(-1), leaf[:, :1])
 
     with torch.enable_grad(), HostReads() as reads:
-        excite_mod.excite(torch.ones(2, 3), evaluate, 0, 1.0, alter=True, threshold=None, max_refinement=20)
+        excite_mod.excite(torch.ones(2, 3), evaluate, step=0, step_size=1.0, alter=True, threshold=None,
+                          max_refinement=20)
     assert reads.count == 0
 
 

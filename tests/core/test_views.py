@@ -18,7 +18,8 @@ def record_of(maps_per_step, thresholds=None, labels=("cat", "frog")):
     for step, maps in maps_per_step:
         peaks = maps.amax(dim=(-1, -2))
         loss = 1 - peaks.amin(dim=-1)
-        log = StepLog.read(step, [loss, loss], [peaks * 0.5, peaks], torch.zeros(len(loss)), torch.tensor(0))
+        log = StepLog.read(step, losses=[loss, loss], peaks=[peaks * 0.5, peaks], iterations=torch.zeros(len(loss)),
+                           skipped=torch.tensor(0))
         record.add(log, maps)
     return record
 

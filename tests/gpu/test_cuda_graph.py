@@ -12,7 +12,8 @@ import torch
 import comfy.ldm.modules.attention as attention
 import support
 from attend_and_excite.nodes.core.record import AttentionRecord
-from attend_and_excite.nodes.glue.capture import EAGER_VARIABLE, GRAPHS
+from attend_and_excite.nodes.glue.capture import EAGER_VARIABLE
+from support import GRAPHS
 from attend_and_excite.nodes.glue.sampler import attend_excite_sampler
 
 pytestmark = pytest.mark.skipif(comfy.model_management.get_torch_device().type != "cuda",

@@ -196,11 +196,10 @@ def run_configs(names: list[str], shape_name: str) -> dict:
     support.import_package()
     import comfy.utils
     import nodes
-    from attend_and_excite.nodes.boost import (AttendExciteAttentionBoost, AttendExciteAttentionTemperature,
-                                               default_inputs)
+    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, AttendExciteAttentionTemperature
     from attend_and_excite.nodes.glue.capture import EAGER_VARIABLE
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
-    from attend_and_excite.nodes.parameters import default_inputs as guided_inputs
+    from support import default_inputs
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     cuda = torch.cuda.is_available()
@@ -233,7 +232,7 @@ def run_configs(names: list[str], shape_name: str) -> dict:
                                                  negative, latent)[0]
                 last[:] = AttendExciteKSampler.execute(model, SEED, setup["steps"], setup["cfg"], SAMPLER, "normal",
                                                        paired if "loss" in changes else positive,
-                                                       negative, latent, 1.0, **{**guided_inputs(), **changes}).result
+                                                       negative, latent, 1.0, **{**default_inputs(), **changes}).result
         try:
             results[name] = measure(sample, batch, cuda, profile=how == "guided" and not cuda)
             if name == "A&E, no refinement" and cuda:
@@ -256,8 +255,8 @@ def pass_costs(model, setup, positive, negative, latent) -> dict:
     from torch.profiler import ProfilerActivity, profile
     from attend_and_excite.nodes.glue.capture import EAGER_VARIABLE
     from attend_and_excite.nodes.ksampler import AttendExciteKSampler
-    from attend_and_excite.nodes.parameters import default_inputs as guided_inputs
-    every_step = {**guided_inputs(), "thresholds": "", "steps_to_alter": PROFILED_STEPS,
+    from support import default_inputs
+    every_step = {**default_inputs(), "thresholds": "", "steps_to_alter": PROFILED_STEPS,
                   "schedule_steps": PROFILED_STEPS}
 
     def plain():

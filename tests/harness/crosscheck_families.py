@@ -100,13 +100,12 @@ def package_maps(base_model, family, x: torch.Tensor, forward) -> torch.Tensor:
     from attend_and_excite.nodes.glue.recorder import ForwardDone
     recorder = recorder_for(base_model.diffusion_model, family, None, TEXT)
     options = recorder.install({"transformer_options": {}})["transformer_options"]
-    recorder.reset(x.shape)
-    with torch.no_grad():
+    with torch.no_grad(), recorder.recording(x.shape):
         try:
             forward(options)
         except ForwardDone:
             pass
-    return recorder.take_average().double()
+        return recorder.take_average().double()
 
 
 def comfy_model(config_class: str, config: dict):

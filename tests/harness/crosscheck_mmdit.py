@@ -104,10 +104,10 @@ def package_maps(torch, name, diffusers_model, x, context, pooled):
         extra["guidance"] = 3.5
     base = patcher.model
     family = detect_family(base)
-    recorder = recorder_for(base.diffusion_model, family, None)
+    recorder = support.listing(recorder_for(base.diffusion_model, family, None))
     entry = {"model_conds": base.extra_conds(cross_attn=context, device=torch.device("cpu"), **extra),
              "uuid": "positive"}
-    guidance = GuidancePass(base, entry, [[2]], family.kept(context.shape[1], [7]), recorder, 3, 0.5)
+    guidance = GuidancePass(base, entry, recorder, subjects=[[2]], kept=family.kept(context.shape[1], [7]))
     base.current_patcher = patcher
     taken = []
     take = recorder.take_average

@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from harness.provenance import run_record  # noqa: E402
-from support import REPO, import_comfy, import_package  # noqa: E402
+from support import REPO, default_inputs, import_comfy, import_package  # noqa: E402
 
 SAMPLING = dict(steps=25, cfg=5.0, sampler_name="euler", scheduler="normal", size=128)
 BOOTSTRAP = 2000
@@ -56,7 +56,6 @@ def guidance_for(sampler: str, guidance: dict | None = None) -> dict | None:
     """The Attend-and-Excite KSampler's inputs for a sampler that runs it, None for the others:
     plain runs it at scale 0 with no refinement (the stock KSampler's result, bit for bit, and
     the log of the peaks the loss would read); "scale=S" is the paper's settings at scale S."""
-    from attend_and_excite.nodes.parameters import default_inputs
     if sampler == "plain":
         return dict(default_inputs(), scale_factor=0.0, thresholds="")
     if sampler == "attend_and_excite":
@@ -73,12 +72,11 @@ def sampler_model(model, sampler: str, subjects: str):
     PROBE_FACTOR and renormalises, the boost is the node at its defaults (the document's rule);
     both in every cross-attention layer (joint attention: the map blocks), on the positive prompt's
     rows. The temperature is its node at its defaults."""
-    from attend_and_excite.nodes.boost import (AttendExciteAttentionBoost, AttendExciteAttentionTemperature,
-                                               default_inputs)
+    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, AttendExciteAttentionTemperature
     if sampler == "temperature":
         temperature = default_inputs(AttendExciteAttentionTemperature)
         return AttendExciteAttentionTemperature.execute(model, **temperature).result[0]
-    inputs = default_inputs()
+    inputs = default_inputs(AttendExciteAttentionBoost)
     if sampler == "probe":
         inputs.update(alpha=PROBE_FACTOR, beta=1.0, renormalise=True, token_indices=subjects)
     return AttendExciteAttentionBoost.execute(model, **inputs).result[0]
@@ -191,8 +189,8 @@ def single_shapes(model, clip, vae, seeds: list[int], images_per_seed: int, samp
 
 def patch_settings() -> dict:
     """What the patched rows run besides the model: the probe's factor, the patch nodes' defaults."""
-    from attend_and_excite.nodes.boost import AttendExciteAttentionTemperature, default_inputs
-    return {"probe": PROBE_FACTOR, "boost": default_inputs(),
+    from attend_and_excite.nodes.boost import AttendExciteAttentionBoost, AttendExciteAttentionTemperature
+    return {"probe": PROBE_FACTOR, "boost": default_inputs(AttendExciteAttentionBoost),
             "temperature": default_inputs(AttendExciteAttentionTemperature)}
 
 
@@ -332,8 +330,7 @@ def main():
     from attend_and_excite.nodes.demo.shapes import subject_pairs
     from attend_and_excite.nodes.demo import model as demo_model
     from attend_and_excite.nodes.demo.detector import DAMAGED_BACKGROUND
-    from attend_and_excite.nodes.parameters import default_inputs
-    from attend_and_excite.nodes.boost import AttendExciteAttentionTemperature, default_inputs as patch_inputs
+    from attend_and_excite.nodes.boost import AttendExciteAttentionTemperature
     from attend_and_excite.nodes.glue.family import detect_family
     from PIL import Image
     weights = args.weights or demo_model.WEIGHTS
@@ -352,8 +349,8 @@ def main():
         results["single_shapes"] = single_shapes(model, clip, vae, seeds, args.images, kinds=kinds, batches=batches)
     results["run"] = run_record()
     results["settings"] = {"sampling": SAMPLING, "guidance": default_inputs(), "probe_factor": PROBE_FACTOR,
-                           "boost": patch_inputs(), "damaged_background": DAMAGED_BACKGROUND,
-                           "temperature": patch_inputs(AttendExciteAttentionTemperature) if joint else None,
+                           "boost": patch_settings()["boost"], "damaged_background": DAMAGED_BACKGROUND,
+                           "temperature": default_inputs(AttendExciteAttentionTemperature) if joint else None,
                            "prompts": len(pairs), "seeds": seeds,
                            "images_per_seed": args.images, "bootstrap_resamples": BOOTSTRAP,
                            "seconds": round(time.time() - started)}

@@ -56,13 +56,13 @@ def measure(model, clip, vae, scenes: int = 64, sigmas=SIGMAS) -> dict:
     results = {}
     for sigma in sigmas:
         noise = torch.randn(x0.shape, generator=generator).to(device)
-        recorder.reset(x0.shape)     # opens it: a recorder records between its reset and the read
-        try:
-            base.apply_model(x0 + sigma * noise, torch.full((scenes,), sigma, device=device),
-                             c_crossattn=context, transformer_options=options)
-        except ForwardDone:
-            pass
-        attention = recorder.take_average().float().cpu()                   # (N, h, w, T)
+        with recorder.recording(x0.shape):
+            try:
+                base.apply_model(x0 + sigma * noise, torch.full((scenes,), sigma, device=device),
+                                 c_crossattn=context, transformer_options=options)
+            except ForwardDone:
+                pass
+            attention = recorder.take_average().float().cpu()                   # (N, h, w, T)
         side = attention.shape[1]
         masks = torch.stack([cell_masks(s, side) for s in pictures]).flatten(2)   # (N, 2, cells)
         maps = attention.flatten(1, 2).transpose(1, 2)                            # (N, T, cells)

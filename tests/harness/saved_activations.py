@@ -148,13 +148,13 @@ class Build:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The truncated forward; the recorded maps' sum (what the loss reads, as one number)."""
-        self.recorder.reset(x.shape)
-        try:
-            self.model(x, torch.zeros(x.shape[0], device="meta"),
-                       transformer_options=self.options["transformer_options"], **self.inputs)
-        except ForwardDone:
-            pass
-        return self.recorder.take_average().sum()
+        with self.recorder.recording(x.shape):
+            try:
+                self.model(x, torch.zeros(x.shape[0], device="meta"),
+                           transformer_options=self.options["transformer_options"], **self.inputs)
+            except ForwardDone:
+                pass
+            return self.recorder.take_average().sum()
 
 
 def run_pass(build: Build, mode: str, labelled: list[torch.nn.Module], backward: bool = False) -> dict:
