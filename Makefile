@@ -1,16 +1,24 @@
 # The two entry points of the README. Both build the test environment once
 # (a venv with ComfyUI 0.3.75, or the tree in COMFYUI_DIR) under .comfy/.
-.PHONY: example test lint test-core thumbnails benchmark gpu-check demo-model demo-model-joint fidelity fidelity-joint help-pages
+.PHONY: example test lint frontend-newest test-core thumbnails benchmark gpu-check demo-model demo-model-joint fidelity fidelity-joint help-pages
 
 example:
 	bash tests/harness/comfy_env.sh python tests/harness/run_example.py $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
 
-test: lint
+test: lint frontend-newest
 	bash tests/harness/comfy_env.sh python -m pytest -q -p no:cacheprovider
 
 # ruff with the rules in pyproject.toml (the Registry's checks, pyflakes, whitespace, line length).
 lint:
 	bash tests/harness/comfy_env.sh python -m ruff check --no-cache .
+
+# The newest frontend on PyPI beside the one the ComfyUI tree pins, for the Nodes 2.0 browser test and
+# tests/harness/layout.py; installed once into the environments' folder.
+FRONTEND_NEWEST = comfyui-frontend-package==1.58.1
+frontend-newest:
+	bash tests/harness/comfy_env.sh sh -c 'd="$${AE_ENV_DIR:-.comfy}/frontend-newest"; \
+	  [ -f "$$d/$(FRONTEND_NEWEST).installed" ] || { rm -rf "$$d" && \
+	  python -m pip install -q --no-deps --target "$$d" "$(FRONTEND_NEWEST)" && touch "$$d/$(FRONTEND_NEWEST).installed"; }'
 
 # The pure-torch core's tests alone (tests/core): seconds, in a venv with torch and no ComfyUI.
 test-core:

@@ -81,10 +81,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(base_dir: str, comfy_dir: str, startup_timeout: float = 180):
+def running_server(base_dir: str, comfy_dir: str, startup_timeout: float = 180, front_end_root: str | None = None):
     """ComfyUI's main.py on 127.0.0.1 with --base-directory base_dir, on the CPU, with
     API nodes off so that nothing calls outside this machine; this package in its custom_nodes,
-    and the tests' own loader of tiny family models (tiny_family_nodes)."""
+    and the tests' own loader of tiny family models (tiny_family_nodes); front_end_root: another
+    frontend's static files than the one the tree pins."""
     custom_nodes = os.path.join(base_dir, "custom_nodes")
     os.makedirs(custom_nodes, exist_ok=True)
     for folder, source in ((PACKAGE_FOLDER, REPO), (TEST_NODES, os.path.join(os.path.dirname(__file__), TEST_NODES))):
@@ -96,6 +97,7 @@ def running_server(base_dir: str, comfy_dir: str, startup_timeout: float = 180):
     command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                "--base-directory", base_dir, "--disable-api-nodes", "--disable-auto-launch",
                "--database-url", "sqlite:///:memory:"]
+    command += ["--front-end-root", front_end_root] if front_end_root else []
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=comfy_dir, stdout=log, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
