@@ -1,6 +1,6 @@
 """The pack on the newest frontend on PyPI with Modern Node Design (Nodes 2.0) on, in headless Chromium:
-the token picker renders and takes clicks, and no template node covers another, in Nodes 2.0 and on the
-classic canvas. Screenshots land in out/tests/nodes2/ (or $AE_TEST_OUTPUT/nodes2)."""
+the token picker renders and takes clicks, and no template node covers another or loads other widget values
+than it saved, in Nodes 2.0 and on the classic canvas. Screenshots land in out/tests/nodes2/ (or $AE_TEST_OUTPUT/nodes2)."""
 import json
 import os
 import pathlib
@@ -35,13 +35,19 @@ def test_an_overlap_is_found_and_a_touching_neighbour_is_not():
 def test_no_template_node_covers_another(newest, nodes_2):
     server, page = newest
     set_mode(server, page, nodes_2)
-    found = {}
+    found, changed = {}, {}
     for path in TEMPLATES:
-        covered = overlaps(boxes_of(page, json.loads(path.read_text())))
+        workflow = json.loads(path.read_text())
+        covered = overlaps(boxes_of(page, workflow))
         if covered:
             found[path.name] = covered
             page.screenshot(f"overlap-{path.stem}-{'nodes2' if nodes_2 else 'classic'}")
-    assert found == {}
+        for node in (n for n in workflow["nodes"] if n["type"].startswith("AttendExcite")):
+            # widget values are saved by position: folded inputs must not move them
+            shown = page.page.evaluate(f"(id) => {APP}.graph.getNodeById(id).serialize().widgets_values", node["id"])
+            if shown != node["widgets_values"]:
+                changed[f"{path.name} {node['type']}"] = shown
+    assert found == {} and changed == {}
     if nodes_2:
         assert page.page.locator("[data-node-id]").count() > 0      # the Vue nodes were drawn, not the canvas's
 
