@@ -157,7 +157,7 @@ class GuidancePass:
         self.saved = None         # the saved-tensor hooks that keep copies, where the plan asks for them
         self.captured = None      # CapturedPass, where the plan captures
         self.replay_key = None
-        self.capture_note = ""    # "kept from the previous run", or why the capture failed
+        self.capture_note = ""    # "kept from the previous run" when the last call's graph is replayed
         self.last_maps = None     # (B, S, h, w) of the latest evaluation
 
     @property

@@ -1,6 +1,7 @@
 """The pack on the newest frontend on PyPI with Modern Node Design (Nodes 2.0) on, in headless Chromium:
-the token picker renders and takes clicks, and no template node covers another or loads other widget values
-than it saved, in Nodes 2.0 and on the classic canvas. Screenshots land in out/tests/nodes2/ (or $AE_TEST_OUTPUT/nodes2)."""
+the token picker renders and takes clicks, and no template node covers another or loads other widget
+values than it saved, in Nodes 2.0 and on the classic canvas. Screenshots land in out/tests/nodes2/ (or
+$AE_TEST_OUTPUT/nodes2)."""
 import json
 import os
 import pathlib
