@@ -5,7 +5,8 @@
 example:
 	bash tests/harness/comfy_env.sh python tests/harness/run_example.py $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
 
-test: lint frontend-newest
+test: lint
+	$(MAKE) --no-print-directory frontend-newest
 	bash tests/harness/comfy_env.sh python -m pytest -q -p no:cacheprovider
 
 # ruff with the rules in pyproject.toml (the Registry's checks, pyflakes, whitespace, line length).
